@@ -1,0 +1,14 @@
+"""twistd plugins for netsvc.
+
+Only lazy ServiceMaker lines live here: importing netsvc (or the reactor) at plugin-scan
+time would slow every `twistd` invocation and break `twistd --reactor=...`.
+"""
+
+from twisted.application.service import ServiceMaker
+
+netsvc = ServiceMaker(
+    "netsvc", "netsvc.tap", "The netsvc suite: echo (and more) in one process.", "netsvc"
+)
+netsvc_echo = ServiceMaker(
+    "netsvc-echo", "netsvc.echo_tap", "RFC 862 echo over TCP and UDP.", "netsvc-echo"
+)
