@@ -1,0 +1,319 @@
+"""RFC 862 echo over TCP and UDP, hardened for the open internet.
+
+TCP: back-pressure (a client that never reads stops being read, so the server never
+buffers more than one transport buffer per connection), half-close (every byte sent
+before ``shutdown(SHUT_WR)`` comes back), connection caps and an optional idle timeout.
+
+UDP: datagrams up to 65507 bytes come back intact; no reply to source port 0, to the
+well-known ports of other reflecting services (the echo/chargen ping-pong of
+CVE-1999-0103), or to broadcast/multicast/unspecified sources; a per-source token bucket;
+a failing ``write`` counts as a lost packet and never stops the service.
+
+Everything here takes its reactor as an argument; :func:`echo_service` assembles a
+ready-to-start service for embedding.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Collection
+from typing import Any, cast
+
+import attrs
+from twisted.application.service import MultiService
+from twisted.internet import task
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IReactorTime,
+    ITCPTransport,
+)
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from netsvc.listening import TCPListenService, UDPListenService, tcp_endpoint_description
+from netsvc.ratelimit import PerKeyRateLimiter
+
+__all__ = [
+    "ECHO_PORT",
+    "REFLECTOR_PORTS",
+    "EchoLimits",
+    "TCPEchoFactory",
+    "TCPEchoProtocol",
+    "UDPEchoProtocol",
+    "echo_service",
+]
+
+ECHO_PORT = 7
+
+#: Source ports of UDP services that answer arbitrary datagrams. Replying to them can start
+#: an endless ping-pong between two reflectors (CVE-1999-0103), so echo stays silent.
+REFLECTOR_PORTS: frozenset[int] = frozenset(
+    {
+        0,  # not a valid source port: spoofed or broken
+        7,  # echo
+        9,  # discard
+        13,  # daytime
+        17,  # qotd
+        19,  # chargen
+        37,  # time
+        53,  # dns
+        69,  # tftp
+        111,  # portmapper
+        123,  # ntp
+        137,  # netbios-ns
+        161,  # snmp
+        389,  # cldap
+        500,  # isakmp
+        520,  # rip
+        1900,  # ssdp
+        5353,  # mdns
+        11211,  # memcached
+    }
+)
+
+
+@attrs.frozen
+class EchoLimits:
+    """Guards for the echo services. ``None`` switches a guard off."""
+
+    #: Open TCP connections at once; further connections are closed at accept.
+    max_connections: int | None = 10_000
+    #: Open TCP connections from one IP address.
+    max_connections_per_peer: int | None = None
+    #: Seconds without receiving data after which a TCP connection is closed.
+    idle_timeout: float | None = None
+    #: UDP datagrams answered per second per source address (burst: ``udp_burst``).
+    udp_rate: float | None = 100_000.0
+    udp_burst: float = 200_000.0
+    #: UDP source ports never answered.
+    udp_blocked_ports: frozenset[int] = REFLECTOR_PORTS
+    #: Source addresses tracked by the UDP rate limiter at most (memory bound).
+    udp_max_sources: int = 65_536
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("max_connections", "max_connections_per_peer"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 or None, got {value}")
+        if self.idle_timeout is not None and self.idle_timeout <= 0:
+            raise ValueError(f"idle_timeout must be positive or None, got {self.idle_timeout}")
+        if self.udp_rate is not None and (self.udp_rate <= 0 or self.udp_burst < 1):
+            raise ValueError("udp_rate must be positive and udp_burst at least 1")
+
+
+@implementer(IHalfCloseableProtocol)
+class TCPEchoProtocol(Protocol):
+    """Echo every byte; stop reading while the peer is not reading (back-pressure)."""
+
+    factory: TCPEchoFactory
+    transport: ITCPTransport
+    #: Set on every read; cleared by the factory's idle sweep.
+    active = True
+    #: The peer's IP address, for the per-peer connection count.
+    peer_host = ""
+
+    def connectionMade(self) -> None:
+        # The transport is its own streaming producer: when its write buffer passes
+        # bufferSize it stops reading from the socket, so the sender's TCP window closes
+        # and server memory stays bounded whatever the client does.
+        transport = self.transport
+        cast(IConsumer, transport).registerProducer(cast(IPushProducer, transport), True)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.active = True
+        self.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        # The peer half-closed: send back what is buffered, then close. The producer must
+        # go first, or a paused transport would never finish closing.
+        cast(IConsumer, self.transport).unregisterProducer()
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.factory.connection_closed(self)
+
+
+class TCPEchoFactory(Factory[TCPEchoProtocol]):
+    """Builds :class:`TCPEchoProtocol` and enforces :class:`EchoLimits` for TCP."""
+
+    protocol = TCPEchoProtocol
+    noisy = False  # no "Starting factory" line per listener
+    log = Logger()
+
+    def __init__(self, reactor: IReactorTime, limits: EchoLimits = EchoLimits()) -> None:
+        self.reactor = reactor
+        self.limits = limits
+        self.connections: set[TCPEchoProtocol] = set()
+        self.per_peer: dict[str, int] = {}
+        self.refused = 0
+        self._sweeper: task.LoopingCall | None = None
+
+    def buildProtocol(self, addr: IAddress | None) -> TCPEchoProtocol | None:
+        limits = self.limits
+        if limits.max_connections is not None and len(self.connections) >= limits.max_connections:
+            self.refused += 1
+            return None
+        host = _host_of(addr)
+        per_peer_cap = limits.max_connections_per_peer
+        if per_peer_cap is not None and self.per_peer.get(host, 0) >= per_peer_cap:
+            self.refused += 1
+            return None
+        self.per_peer[host] = self.per_peer.get(host, 0) + 1
+        protocol = TCPEchoProtocol()
+        protocol.factory = self
+        protocol.peer_host = host
+        self.connections.add(protocol)
+        return protocol
+
+    def connection_closed(self, protocol: TCPEchoProtocol) -> None:
+        """Forget a closed connection (called by the protocol)."""
+        if protocol not in self.connections:
+            return
+        self.connections.discard(protocol)
+        host = protocol.peer_host
+        remaining = self.per_peer.get(host, 1) - 1
+        if remaining > 0:
+            self.per_peer[host] = remaining
+        else:
+            self.per_peer.pop(host, None)
+
+    def startFactory(self) -> None:
+        if self.limits.idle_timeout is not None:
+            # One sweep per half timeout instead of a timer per connection: reads only set
+            # a flag, and an idle connection closes between 1 and 1.5 timeouts.
+            self._sweeper = task.LoopingCall(self.close_idle_connections)
+            self._sweeper.clock = self.reactor
+            self._sweeper.start(self.limits.idle_timeout / 2, now=False)
+
+    def stopFactory(self) -> None:
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        self._sweeper = None
+
+    def close_idle_connections(self) -> int:
+        """Abort connections that received nothing since the previous sweep; return count."""
+        closed = 0
+        for protocol in list(self.connections):
+            if protocol.active:
+                protocol.active = False
+            elif protocol.transport is not None:
+                protocol.transport.abortConnection()
+                closed += 1
+        if closed:
+            self.log.info("echo: closed {count} idle TCP connections", count=closed)
+        return closed
+
+
+def _host_of(addr: IAddress | None) -> str:
+    if isinstance(addr, IPv4Address | IPv6Address):
+        return addr.host
+    return str(addr)
+
+
+def is_unanswerable_source(host: str) -> bool:
+    """Whether a reply to ``host`` could only reach a group or nobody (never reply).
+
+    Covers limited broadcast, multicast, unspecified and reserved class E sources, in
+    IPv4, IPv6 and IPv4-mapped IPv6 form (what a dual-stack socket reports).
+    """
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return True
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv4Address):
+        return (
+            address.is_multicast
+            or address.is_unspecified
+            or address.packed[0] >= 240  # class E and 255.255.255.255
+            or address == _LOOPBACK_BROADCAST
+        )
+    return address.is_multicast or address.is_unspecified
+
+
+_LOOPBACK_BROADCAST = ipaddress.IPv4Address("127.255.255.255")
+_REFUSED = object()  # verdict cached for sources that never get an answer
+
+
+class UDPEchoProtocol(DatagramProtocol):
+    """Echo each datagram to its sender unless a guard says no (see module docstring)."""
+
+    noisy = False
+
+    def __init__(self, reactor: IReactorTime, limits: EchoLimits = EchoLimits()) -> None:
+        self.reactor = reactor
+        self.limits = limits
+        self.blocked_ports: Collection[int] = limits.udp_blocked_ports
+        self.limiter: PerKeyRateLimiter[str] | None = None
+        if limits.udp_rate is not None:
+            self.limiter = PerKeyRateLimiter(
+                limits.udp_rate, limits.udp_burst, limits.udp_max_sources
+            )
+        # host -> verdict; bounded like the limiter so spoofed sources cannot grow it.
+        self._refused_sources: dict[str, object] = {}
+        self.answered = 0
+        self.dropped = 0
+        self.write_errors = 0
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        host: str = addr[0]
+        if addr[1] in self.blocked_ports or self._is_refused(host):
+            self.dropped += 1
+            return
+        limiter = self.limiter
+        if limiter is not None and not limiter.allow(host, self.reactor.seconds()):
+            self.dropped += 1
+            return
+        try:
+            self.transport.write(datagram, addr)  # type: ignore[union-attr]
+        except OSError:
+            # EAGAIN, ENOBUFS, EPERM (firewall), ECONNREFUSED...: a lost packet, no more.
+            self.write_errors += 1
+        else:
+            self.answered += 1
+
+    def _is_refused(self, host: str) -> bool:
+        verdict = self._refused_sources.get(host)
+        if verdict is None:
+            verdict = _REFUSED if is_unanswerable_source(host) else host
+            if len(self._refused_sources) >= self.limits.udp_max_sources:
+                del self._refused_sources[next(iter(self._refused_sources))]
+            self._refused_sources[host] = verdict
+        return verdict is _REFUSED
+
+
+def echo_service(
+    reactor: Any,
+    *,
+    tcp_endpoint: str | None = None,
+    udp_port: int | None = ECHO_PORT,
+    udp_interface: str = "",
+    limits: EchoLimits = EchoLimits(),
+) -> MultiService:
+    """A service running TCP echo on ``tcp_endpoint`` and UDP echo on ``udp_port``.
+
+    ``tcp_endpoint`` is a Twisted server endpoint description such as
+    ``"tcp:7007:interface=127.0.0.1"``; ``None`` uses ``udp_port`` on ``udp_interface``
+    for TCP too. Pass ``udp_port=None`` or ``tcp_endpoint=""`` to leave one out.
+    """
+    service = MultiService()
+    if tcp_endpoint is None and udp_port is not None:
+        tcp_endpoint = tcp_endpoint_description(udp_port, udp_interface)
+    if tcp_endpoint:
+        factory = TCPEchoFactory(reactor, limits)
+        service.addService(TCPListenService(reactor, tcp_endpoint, factory, what="TCP echo"))
+    if udp_port is not None:
+        protocol = UDPEchoProtocol(reactor, limits)
+        service.addService(
+            UDPListenService(reactor, udp_port, protocol, udp_interface, what="UDP echo")
+        )
+    return service

@@ -1,0 +1,24 @@
+"""twistd wiring for the whole suite: ``twistd -n netsvc``.
+
+Each service contributes a :class:`~netsvc.tapkit.ServiceSpec`; adding a service to the
+suite is one line in :data:`SERVICES`.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from netsvc.echo_tap import ECHO_SPEC
+from netsvc.tapkit import ServiceSpec, make_suite_service, suite_options
+
+SERVICES: list[ServiceSpec] = [ECHO_SPEC]
+
+Options = suite_options(SERVICES)
+
+
+def makeService(options: usage.Options) -> IService:
+    """Entry point of ``twistd netsvc``."""
+    from twisted.internet import reactor  # twistd has installed its reactor by now
+
+    return make_suite_service(SERVICES, options, reactor)

@@ -1,0 +1,202 @@
+"""Describe a service's twistd options once; get a standalone plugin and a suite section.
+
+A :class:`ServiceSpec` lists a service's parameters and flags and a ``build`` function that
+turns parsed values into a service (by calling the service's library builders). From one
+spec we derive:
+
+* the standalone plugin's ``Options`` (``twistd netsvc-echo --port 7007``), and
+* the suite's ``Options``, where every name gets the service's prefix
+  (``twistd netsvc --echo-port 7007``) and each service can be switched off or on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.error import CannotListenError
+from twisted.python import usage
+
+from netsvc.listening import ListenError, StartupError, describe_listen_error
+
+__all__ = [
+    "Flag",
+    "Param",
+    "ServiceSpec",
+    "make_suite_service",
+    "standalone_options",
+    "suite_options",
+]
+
+
+@attrs.frozen
+class Param:
+    """An option that takes a value (``--port 7007``)."""
+
+    name: str
+    default: Any
+    help: str
+    coerce: Callable[[str], Any] | None = None
+    short: str | None = None
+
+
+@attrs.frozen
+class Flag:
+    """An option that is off unless given (``--no-udp``)."""
+
+    name: str
+    help: str
+    short: str | None = None
+
+
+Values = Mapping[str, Any]
+
+
+@attrs.frozen
+class ServiceSpec:
+    """One service as twistd sees it."""
+
+    #: Suite prefix and plugin suffix: ``echo`` gives ``--echo-port`` and ``netsvc-echo``.
+    name: str
+    description: str
+    params: Sequence[Param]
+    flags: Sequence[Flag]
+    #: Build the service from option values keyed by unprefixed name, and a reactor.
+    build: Callable[[Values, Any], IService]
+    #: In the suite: is the service on? Receives the unprefixed values plus ``enabled``
+    #: (true unless ``--no-<name>`` was given, or ``--<name>`` for opt-in services).
+    enabled: Callable[[Values], bool] = lambda values: bool(values["enabled"])
+    #: Opt-in services are off in the suite unless ``--<name>`` is given.
+    opt_in: bool = False
+    #: Checks on the values; raise ``usage.UsageError`` with a readable message.
+    check: Callable[[Values], None] = lambda values: None
+
+
+def positive_int(text: str) -> int:
+    """Parse a whole number greater than zero."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{text} is not a positive whole number")
+    return value
+
+
+def port_number(text: str) -> int:
+    """Parse a TCP/UDP port number (0 lets the system choose)."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{text} is not a port number (0-65535)")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """Parse a number of seconds or a rate; 0 usually means "off"."""
+    value = float(text)
+    if not value >= 0:  # also rejects NaN
+        raise ValueError(f"{text} is not a non-negative number")
+    return value
+
+
+def _options_class(
+    name: str, params: list[list[Any]], flags: list[list[Any]], post: Callable[[Any], None]
+) -> type[usage.Options]:
+    def postOptions(self: usage.Options) -> None:
+        post(self)
+
+    return type(
+        name,
+        (usage.Options,),
+        {"optParameters": params, "optFlags": flags, "postOptions": postOptions},
+    )
+
+
+def _param_row(param: Param, prefix: str = "") -> list[Any]:
+    short = None if prefix else param.short
+    return [prefix + param.name, short, param.default, param.help, param.coerce]
+
+
+def standalone_options(spec: ServiceSpec) -> type[usage.Options]:
+    """The ``Options`` class of ``twistd netsvc-<name>``."""
+    params = [_param_row(p) for p in spec.params]
+    flags = [[f.name, f.short, f.help] for f in spec.flags]
+    return _options_class(
+        f"{spec.name.title()}Options", params, flags, lambda options: spec.check(options)
+    )
+
+
+def _values_for(spec: ServiceSpec, options: Mapping[str, Any]) -> dict[str, Any]:
+    prefix = spec.name + "-"
+    values = {p.name: options[prefix + p.name] for p in spec.params}
+    values.update({f.name: options[prefix + f.name] for f in spec.flags})
+    values["enabled"] = options[spec.name] if spec.opt_in else not options["no-" + spec.name]
+    return values
+
+
+def suite_options(specs: Sequence[ServiceSpec]) -> type[usage.Options]:
+    """The ``Options`` class of ``twistd netsvc``: every spec's options, prefixed."""
+    params: list[list[Any]] = []
+    flags: list[list[Any]] = []
+    for spec in specs:
+        if spec.opt_in:
+            flags.append([spec.name, None, f"Run {spec.description}"])
+        else:
+            flags.append(["no-" + spec.name, None, f"Do not run {spec.description}"])
+        prefix = spec.name + "-"
+        params.extend(_param_row(p, prefix) for p in spec.params)
+        flags.extend([prefix + f.name, None, f.help] for f in spec.flags)
+
+    def check(options: usage.Options) -> None:
+        enabled = [spec for spec in specs if spec.enabled(_values_for(spec, options))]
+        if not enabled:
+            raise usage.UsageError("every service is switched off: nothing to run")
+        for spec in enabled:
+            spec.check(_values_for(spec, options))
+
+    return _options_class("SuiteOptions", params, flags, check)
+
+
+class _ExplainBindErrors(MultiService):
+    """Turns a failed bind into one line saying what to do, instead of a traceback."""
+
+    def __init__(self, program: str) -> None:
+        MultiService.__init__(self)
+        self.program = program
+
+    def addService(self, service: IService) -> None:
+        MultiService.addService(self, service)
+
+    def _explained(self, start: Callable[[], None]) -> None:
+        try:
+            start()
+        except ListenError as error:
+            raise StartupError(f"{self.program}: {error.explain()}") from None
+        except CannotListenError as error:
+            line = describe_listen_error("a service", error)
+            raise StartupError(f"{self.program}: {line}") from None
+
+    def privilegedStartService(self) -> None:
+        self._explained(lambda: MultiService.privilegedStartService(self))
+
+    def startService(self) -> None:
+        self._explained(lambda: MultiService.startService(self))
+
+
+def make_standalone_service(spec: ServiceSpec, options: Values, reactor: Any) -> IService:
+    """What ``makeService`` of ``twistd netsvc-<name>`` returns."""
+    root = _ExplainBindErrors(f"netsvc-{spec.name}")
+    root.addService(spec.build(options, reactor))
+    return root
+
+
+def make_suite_service(specs: Sequence[ServiceSpec], options: Values, reactor: Any) -> IService:
+    """What ``makeService`` of ``twistd netsvc`` returns: every enabled service."""
+    root = _ExplainBindErrors("netsvc")
+    for spec in specs:
+        values = _values_for(spec, options)
+        if spec.enabled(values):
+            child = spec.build(values, reactor)
+            if isinstance(child, Service):
+                child.setName(spec.name)
+            root.addService(child)
+    return root
