@@ -294,26 +294,26 @@ class UDPEchoProtocol(DatagramProtocol):
 def echo_service(
     reactor: Any,
     *,
+    port: int = ECHO_PORT,
+    interface: str = "",
+    tcp: bool = True,
+    udp: bool = True,
     tcp_endpoint: str | None = None,
-    udp_port: int | None = ECHO_PORT,
-    udp_interface: str = "",
     limits: EchoLimits = EchoLimits(),
 ) -> MultiService:
-    """A service running TCP echo on ``tcp_endpoint`` and UDP echo on ``udp_port``.
+    """A service running TCP and UDP echo on ``port`` at ``interface``.
 
-    ``tcp_endpoint`` is a Twisted server endpoint description such as
-    ``"tcp:7007:interface=127.0.0.1"``; ``None`` uses ``udp_port`` on ``udp_interface``
-    for TCP too. Pass ``udp_port=None`` or ``tcp_endpoint=""`` to leave one out.
+    ``tcp_endpoint``, a Twisted server endpoint description such as
+    ``"tcp:7007:interface=127.0.0.1"``, replaces ``port``/``interface`` for TCP.
+    ``tcp=False`` or ``udp=False`` leaves one out. ``reactor`` must provide
+    ``IReactorTCP`` (or whatever the endpoint needs), ``IReactorUDP`` and ``IReactorTime``.
     """
     service = MultiService()
-    if tcp_endpoint is None and udp_port is not None:
-        tcp_endpoint = tcp_endpoint_description(udp_port, udp_interface)
-    if tcp_endpoint:
+    if tcp:
+        description = tcp_endpoint or tcp_endpoint_description(port, interface)
         factory = TCPEchoFactory(reactor, limits)
-        service.addService(TCPListenService(reactor, tcp_endpoint, factory, what="TCP echo"))
-    if udp_port is not None:
+        service.addService(TCPListenService(reactor, description, factory, what="TCP echo"))
+    if udp:
         protocol = UDPEchoProtocol(reactor, limits)
-        service.addService(
-            UDPListenService(reactor, udp_port, protocol, udp_interface, what="UDP echo")
-        )
+        service.addService(UDPListenService(reactor, port, protocol, interface, what="UDP echo"))
     return service

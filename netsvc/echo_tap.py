@@ -36,12 +36,13 @@ def build_echo(values: Values, reactor: Any) -> IService:
         udp_rate=_off_if_zero(values["udp-rate"]),
         udp_burst=values["udp-burst"] or _DEFAULTS.udp_burst,
     )
-    tcp: str | None = "" if values["no-tcp"] else values["tcp"]
     return echo_service(
         reactor,
-        tcp_endpoint=tcp,
-        udp_port=None if values["no-udp"] else values["port"],
-        udp_interface=values["interface"],
+        port=values["port"],
+        interface=values["interface"],
+        tcp=not values["no-tcp"],
+        udp=not values["no-udp"],
+        tcp_endpoint=values["tcp"],
         limits=limits,
     )
 
@@ -49,8 +50,6 @@ def build_echo(values: Values, reactor: Any) -> IService:
 def _check(values: Values) -> None:
     if values["no-tcp"] and values["no-udp"]:
         raise usage.UsageError("--no-tcp and --no-udp together leave nothing to run")
-    if values["no-udp"] and not values["tcp"] and values["port"] is None:
-        raise usage.UsageError("no port to listen on")
 
 
 ECHO_SPEC = ServiceSpec(
@@ -69,7 +68,7 @@ ECHO_SPEC = ServiceSpec(
         Param(
             "tcp",
             None,
-            "TCP server endpoint, overriding --port/--interface for TCP"
+            "TCP server endpoint, replacing the port and interface for TCP"
             " (e.g. tcp:7007:interface=127.0.0.1).",
         ),
         Param(
@@ -94,7 +93,7 @@ ECHO_SPEC = ServiceSpec(
         Param(
             "udp-burst",
             _DEFAULTS.udp_burst,
-            "UDP datagrams a source may send in a burst above --udp-rate.",
+            "UDP datagrams a source may send at once before its rate applies.",
             non_negative_float,
         ),
     ],

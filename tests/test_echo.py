@@ -1,0 +1,210 @@
+"""Echo protocols in memory: StringTransport, task.Clock and a recording UDP transport."""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from netsvc.echo import (
+    REFLECTOR_PORTS,
+    EchoLimits,
+    TCPEchoFactory,
+    TCPEchoProtocol,
+    UDPEchoProtocol,
+    is_unanswerable_source,
+)
+
+
+def connect(factory: TCPEchoFactory, host: str = "192.0.2.1") -> tuple[Any, StringTransport]:
+    protocol = factory.buildProtocol(IPv4Address("TCP", host, 40000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
+    if protocol is not None:
+        protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def test_tcp_echoes_bytes_and_registers_transport_as_producer() -> None:
+    protocol, transport = connect(TCPEchoFactory(Clock()))
+    assert transport.producer is transport and transport.streaming
+    protocol.dataReceived(b"hello\r\n")
+    protocol.dataReceived(b"\x00\xff")
+    assert transport.value() == b"hello\r\n\x00\xff"
+
+
+def test_tcp_half_close_unregisters_producer_then_closes() -> None:
+    protocol, transport = connect(TCPEchoFactory(Clock()))
+    protocol.dataReceived(b"last bytes")
+    protocol.readConnectionLost()
+    assert transport.producer is None
+    assert transport.disconnecting
+    assert transport.value() == b"last bytes"
+
+
+def test_tcp_connection_cap_refuses_at_accept_and_frees_on_close() -> None:
+    factory = TCPEchoFactory(Clock(), EchoLimits(max_connections=2))
+    first, _ = connect(factory)
+    connect(factory)
+    refused, _ = connect(factory)
+    assert refused is None and factory.refused == 1
+    first.connectionLost(None)
+    again, _ = connect(factory)
+    assert again is not None
+
+
+def test_tcp_per_peer_cap_counts_each_address() -> None:
+    factory = TCPEchoFactory(Clock(), EchoLimits(max_connections_per_peer=1))
+    a, _ = connect(factory, "192.0.2.1")
+    assert connect(factory, "192.0.2.1")[0] is None
+    assert connect(factory, "192.0.2.2")[0] is not None
+    a.connectionLost(None)
+    assert connect(factory, "192.0.2.1")[0] is not None
+    assert factory.per_peer == {"192.0.2.1": 1, "192.0.2.2": 1}
+
+
+def test_tcp_idle_timeout_closes_only_silent_connections() -> None:
+    clock = Clock()
+    factory = TCPEchoFactory(clock, EchoLimits(idle_timeout=10))
+    factory.startFactory()
+    try:
+        chatty, chatty_transport = connect(factory)
+        _, silent_transport = connect(factory)
+        for _ in range(4):
+            clock.advance(5)
+            chatty.dataReceived(b"x")
+        assert silent_transport.disconnecting and not chatty_transport.disconnecting
+    finally:
+        factory.stopFactory()
+    assert not clock.getDelayedCalls()
+
+
+def test_tcp_no_idle_timer_by_default() -> None:
+    clock = Clock()
+    factory = TCPEchoFactory(clock)
+    factory.startFactory()
+    assert not clock.getDelayedCalls()
+
+
+class RecordingUDPTransport:
+    def __init__(self, error: int | None = None) -> None:
+        self.written: list[tuple[bytes, Any]] = []
+        self.error = error
+
+    def write(self, data: bytes, addr: Any = None) -> None:
+        if self.error is not None:
+            raise OSError(self.error, "injected")
+        self.written.append((data, addr))
+
+
+def udp_echo(limits: EchoLimits = EchoLimits(), error: int | None = None) -> tuple[
+    UDPEchoProtocol, RecordingUDPTransport, Clock
+]:
+    clock = Clock()
+    protocol = UDPEchoProtocol(clock, limits)
+    transport = RecordingUDPTransport(error)
+    protocol.transport = transport  # type: ignore[assignment]
+    return protocol, transport, clock
+
+
+@pytest.mark.parametrize("size", [0, 1, 512, 8192, 65507])
+def test_udp_echoes_any_size(size: int) -> None:
+    protocol, transport, _ = udp_echo()
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    protocol.datagramReceived(data, ("192.0.2.7", 40000))
+    assert transport.written == [(data, ("192.0.2.7", 40000))]
+
+
+@pytest.mark.parametrize("port", sorted(REFLECTOR_PORTS))
+def test_udp_never_answers_reflector_ports(port: int) -> None:
+    protocol, transport, _ = udp_echo()
+    protocol.datagramReceived(b"ping", ("192.0.2.7", port))
+    assert transport.written == [] and protocol.dropped == 1
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "255.255.255.255",
+        "127.255.255.255",
+        "224.0.0.1",
+        "239.255.255.250",
+        "0.0.0.0",
+        "240.0.0.1",
+        "ff02::1",
+        "::",
+        "::ffff:224.0.0.251",
+        "::ffff:255.255.255.255",
+        "not-an-address",
+    ],
+)
+def test_udp_never_answers_group_or_unspecified_sources(host: str) -> None:
+    assert is_unanswerable_source(host)
+    protocol, transport, _ = udp_echo()
+    protocol.datagramReceived(b"ping", (host, 40000))
+    assert transport.written == []
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "192.0.2.255", "::1", "::ffff:10.1.2.3", "fe80::1%lo"]
+)
+def test_ordinary_sources_are_answerable(host: str) -> None:
+    assert not is_unanswerable_source(host)
+
+
+def test_udp_rate_limit_per_source_and_refill() -> None:
+    protocol, transport, clock = udp_echo(EchoLimits(udp_rate=10, udp_burst=5))
+    for _ in range(20):
+        protocol.datagramReceived(b"x", ("192.0.2.1", 40000))
+    protocol.datagramReceived(b"y", ("192.0.2.2", 40000))
+    assert len(transport.written) == 6  # five from the burst of .1, one from .2
+    clock.advance(0.5)  # five tokens back for .1
+    for _ in range(20):
+        protocol.datagramReceived(b"x", ("192.0.2.1", 40000))
+    assert len(transport.written) == 11
+
+
+def test_udp_rate_limit_off() -> None:
+    protocol, transport, _ = udp_echo(EchoLimits(udp_rate=None))
+    for _ in range(1000):
+        protocol.datagramReceived(b"x", ("192.0.2.1", 40000))
+    assert len(transport.written) == 1000
+
+
+@pytest.mark.parametrize("code", [errno.EAGAIN, errno.ENOBUFS, errno.EPERM, errno.ECONNREFUSED])
+def test_udp_write_errors_are_counted_not_raised(code: int) -> None:
+    protocol, transport, _ = udp_echo(error=code)
+    protocol.datagramReceived(b"x", ("192.0.2.1", 40000))
+    assert protocol.write_errors == 1
+    transport.error = None
+    protocol.datagramReceived(b"y", ("192.0.2.1", 40000))
+    assert transport.written == [(b"y", ("192.0.2.1", 40000))]
+
+
+def test_udp_source_verdict_cache_is_bounded() -> None:
+    protocol, _, _ = udp_echo(EchoLimits(udp_max_sources=50))
+    for i in range(1000):
+        protocol.datagramReceived(b"x", (f"10.0.{i // 256}.{i % 256}", 40000))
+    assert len(protocol._refused_sources) <= 50
+    assert protocol.limiter is not None and len(protocol.limiter) <= 50
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_connections": 0},
+        {"max_connections_per_peer": -1},
+        {"idle_timeout": 0},
+        {"udp_rate": 0},
+    ],
+)
+def test_limits_reject_nonsense(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        EchoLimits(**kwargs)
+
+
+def test_protocol_class_is_the_factory_protocol() -> None:
+    assert TCPEchoFactory.protocol is TCPEchoProtocol
