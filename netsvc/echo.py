@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from netsvc.listening import TCPListenService, UDPListenService, tcp_endpoint_description
-from netsvc.ratelimit import PerKeyRateLimiter
+from netsvc.ratelimit import NEVER, Admission, PerKeyRateLimiter
 
 __all__ = [
     "ECHO_PORT",
@@ -241,7 +241,6 @@ def is_unanswerable_source(host: str) -> bool:
 
 
 _LOOPBACK_BROADCAST = ipaddress.IPv4Address("127.255.255.255")
-_REFUSED = object()  # verdict cached for sources that never get an answer
 
 
 class UDPEchoProtocol(DatagramProtocol):
@@ -253,24 +252,21 @@ class UDPEchoProtocol(DatagramProtocol):
         self.reactor = reactor
         self.limits = limits
         self.blocked_ports: Collection[int] = limits.udp_blocked_ports
-        self.limiter: PerKeyRateLimiter[str] | None = None
-        if limits.udp_rate is not None:
-            self.limiter = PerKeyRateLimiter(
-                limits.udp_rate, limits.udp_burst, limits.udp_max_sources
-            )
-        # host -> verdict; bounded like the limiter so spoofed sources cannot grow it.
-        self._refused_sources: dict[str, object] = {}
+        # One table answers both "may we ever reply to this source?" and "is it within its
+        # rate?", so a datagram costs one dict lookup; bounded against spoofed sources.
+        self.sources: PerKeyRateLimiter[str] = PerKeyRateLimiter(
+            limits.udp_rate,
+            limits.udp_burst,
+            reactor.seconds,
+            limits.udp_max_sources,
+            classify=_classify_source,
+        )
         self.answered = 0
         self.dropped = 0
         self.write_errors = 0
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        host: str = addr[0]
-        if addr[1] in self.blocked_ports or self._is_refused(host):
-            self.dropped += 1
-            return
-        limiter = self.limiter
-        if limiter is not None and not limiter.allow(host, self.reactor.seconds()):
+        if addr[1] in self.blocked_ports or not self.sources.allow(addr[0]):
             self.dropped += 1
             return
         try:
@@ -281,14 +277,9 @@ class UDPEchoProtocol(DatagramProtocol):
         else:
             self.answered += 1
 
-    def _is_refused(self, host: str) -> bool:
-        verdict = self._refused_sources.get(host)
-        if verdict is None:
-            verdict = _REFUSED if is_unanswerable_source(host) else host
-            if len(self._refused_sources) >= self.limits.udp_max_sources:
-                del self._refused_sources[next(iter(self._refused_sources))]
-            self._refused_sources[host] = verdict
-        return verdict is _REFUSED
+
+def _classify_source(host: str) -> Admission | None:
+    return NEVER if is_unanswerable_source(host) else None
 
 
 def echo_service(

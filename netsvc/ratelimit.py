@@ -1,87 +1,142 @@
 """Token buckets: one per connection, or one per source address in a bounded table.
 
 Shared by every service that needs a rate limit (UDP echo per source, chat flood control,
-TFTP request rate, discovery replies). Time is passed in by the caller (``now``) so the
-buckets stay pure and tests drive them with :class:`twisted.internet.task.Clock`.
+TFTP request rate, discovery replies). The caller passes a clock function
+(``reactor.seconds``) so tests drive the buckets with :class:`twisted.internet.task.Clock`.
+
+Refill is lazy: the clock is read only when a bucket runs dry, which keeps the common
+path (tokens left) to a compare and a subtraction. The price is that a bucket which sat
+full for a while and is then drained may be credited that idle time once: over any
+interval of T seconds a key gets at most ``2 * burst + rate * T`` tokens, instead of the
+``burst + rate * T`` of a continuously refilled bucket.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Hashable
+from typing import Generic, Protocol, TypeVar
 
-__all__ = ["PerKeyRateLimiter", "TokenBucket"]
+__all__ = ["ALWAYS", "NEVER", "Admission", "PerKeyRateLimiter", "TokenBucket"]
 
 K = TypeVar("K", bound=Hashable)
+Clock = Callable[[], float]
+
+
+class Admission(Protocol):
+    """Anything that can answer "may this key act now?" (a bucket, or a fixed verdict)."""
+
+    def take(self, clock: Clock, cost: float = 1.0) -> bool: ...
 
 
 class TokenBucket:
-    """A token bucket holding at most ``burst`` tokens, refilled at ``rate`` tokens/second.
-
-    A new bucket starts full, so a well-behaved peer is never limited at first contact.
-    """
+    """At most ``burst`` tokens, refilled at ``rate`` tokens/second; starts full."""
 
     __slots__ = ("burst", "rate", "stamp", "tokens")
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
-        if rate <= 0 or burst <= 0:
+        if not (rate > 0 and burst > 0):
             raise ValueError(f"rate and burst must be positive, got rate={rate} burst={burst}")
         self.rate = float(rate)
         self.burst = float(burst)
         self.tokens = float(burst)
         self.stamp = now
 
-    def take(self, now: float, cost: float = 1.0) -> bool:
+    def take(self, clock: Clock, cost: float = 1.0) -> bool:
         """Remove ``cost`` tokens if available; return whether the action is allowed."""
-        tokens = self.tokens
-        if tokens < self.burst:
-            elapsed = now - self.stamp
-            if elapsed > 0:
-                tokens = min(self.burst, tokens + elapsed * self.rate)
-        self.stamp = now
-        if tokens >= cost:
-            self.tokens = tokens - cost
+        if self.tokens >= cost:
+            self.tokens -= cost
             return True
-        self.tokens = tokens
+        now = clock()
+        elapsed = now - self.stamp
+        self.stamp = now
+        if elapsed > 0:
+            self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
+        if self.tokens >= cost:
+            self.tokens -= cost
+            return True
         return False
 
     def is_full(self, now: float) -> bool:
-        """Whether the bucket would be full at ``now`` (it carries no memory of the past)."""
+        """Whether the bucket is (or has refilled to) full at ``now``."""
         return self.tokens + (now - self.stamp) * self.rate >= self.burst
+
+
+class _Fixed:
+    __slots__ = ("verdict",)
+
+    def __init__(self, verdict: bool) -> None:
+        self.verdict = verdict
+
+    def take(self, clock: Clock, cost: float = 1.0) -> bool:
+        return self.verdict
+
+    def is_full(self, now: float) -> bool:
+        return False  # a fixed verdict is never forgotten: recomputing it costs more
+
+
+#: Admissions for keys that are always (or never) allowed, whatever the rate.
+ALWAYS: Admission = _Fixed(True)
+NEVER: Admission = _Fixed(False)
 
 
 class PerKeyRateLimiter(Generic[K]):
     """One :class:`TokenBucket` per key (usually a peer address), in a bounded table.
 
-    The table never holds more than ``max_keys`` buckets: when it is full, the oldest
-    entry is dropped (insertion order, O(1)). A dropped key comes back with a full
-    bucket, which only ever errs towards letting a peer through.
+    ``classify(key)`` may return :data:`ALWAYS` or :data:`NEVER` to give a key a fixed
+    verdict (decided once, then cached like a bucket), or ``None`` for a normal bucket.
+    The table never holds more than ``max_keys`` entries: when it is full, the oldest is
+    dropped (insertion order, O(1)); a dropped key comes back with a full bucket.
     """
 
-    def __init__(self, rate: float, burst: float, max_keys: int = 65536) -> None:
+    def __init__(
+        self,
+        rate: float | None,
+        burst: float,
+        clock: Clock,
+        max_keys: int = 65536,
+        classify: Callable[[K], Admission | None] | None = None,
+    ) -> None:
         if max_keys < 1:
             raise ValueError(f"max_keys must be at least 1, got {max_keys}")
-        TokenBucket(rate, burst, 0.0)  # validate once, early
+        if rate is not None:
+            TokenBucket(rate, burst, 0.0)  # validate once, early
         self.rate = rate
         self.burst = burst
+        self.clock = clock
         self.max_keys = max_keys
-        self._buckets: dict[K, TokenBucket] = {}
+        self.classify = classify
+        self._admissions: dict[K, Admission] = {}
 
-    def allow(self, key: K, now: float, cost: float = 1.0) -> bool:
-        """Charge ``cost`` to ``key``'s bucket; return whether the action is allowed."""
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            if len(self._buckets) >= self.max_keys:
-                del self._buckets[next(iter(self._buckets))]
-            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
-        return bucket.take(now, cost)
+    def allow(self, key: K, cost: float = 1.0) -> bool:
+        """Charge ``cost`` to ``key``; return whether the action is allowed."""
+        admission = self._admissions.get(key)
+        if admission is None:
+            admission = self._admit(key)
+        return admission.take(self.clock, cost)
 
-    def forget_idle(self, now: float) -> int:
+    def _admit(self, key: K) -> Admission:
+        admission = self.classify(key) if self.classify is not None else None
+        if admission is None:
+            if self.rate is None:
+                admission = ALWAYS
+            else:
+                admission = TokenBucket(self.rate, self.burst, self.clock())
+        if len(self._admissions) >= self.max_keys:
+            del self._admissions[next(iter(self._admissions))]
+        self._admissions[key] = admission
+        return admission
+
+    def forget_idle(self) -> int:
         """Drop buckets that have refilled completely (their keys lose nothing); return count."""
-        idle = [key for key, bucket in self._buckets.items() if bucket.is_full(now)]
+        now = self.clock()
+        idle = [
+            key
+            for key, admission in self._admissions.items()
+            if isinstance(admission, TokenBucket) and admission.is_full(now)
+        ]
         for key in idle:
-            del self._buckets[key]
+            del self._admissions[key]
         return len(idle)
 
     def __len__(self) -> int:
-        return len(self._buckets)
+        return len(self._admissions)

@@ -188,8 +188,7 @@ def test_udp_source_verdict_cache_is_bounded() -> None:
     protocol, _, _ = udp_echo(EchoLimits(udp_max_sources=50))
     for i in range(1000):
         protocol.datagramReceived(b"x", (f"10.0.{i // 256}.{i % 256}", 40000))
-    assert len(protocol._refused_sources) <= 50
-    assert protocol.limiter is not None and len(protocol.limiter) <= 50
+    assert len(protocol.sources) <= 50
 
 
 @pytest.mark.parametrize(

@@ -59,7 +59,7 @@ def test_echo_options_reach_the_services() -> None:
     assert tcp.description == "tcp:7007:interface=\\:\\:"
     assert tcp.factory.limits.idle_timeout == 30
     assert tcp.factory.limits.max_connections_per_peer == 4
-    assert udp.protocol.limiter is None
+    assert udp.protocol.sources.rate is None
 
 
 def test_echo_tcp_endpoint_overrides_and_switches() -> None:
