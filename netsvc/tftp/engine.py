@@ -1,0 +1,562 @@
+"""Sans-I/O TFTP transfer engines: a block sender and a block receiver, for both roles.
+
+No sockets, no reactor, no clock: the caller feeds events in (a datagram from the peer, a
+timer expiring, a write completing) together with the current time, and the engine answers
+by calling its ``send`` function with datagrams and by setting :attr:`deadline`, the
+moment the caller must call ``on_timeout``. A server uses a :class:`BlockSender` for RRQ
+and a :class:`BlockReceiver` for WRQ; a client the other way round.
+
+What the engines guarantee:
+
+* Windowed transfer (RFC 7440) with windowsize 1 being plain RFC 1350 lock-step. On a gap
+  the receiver acknowledges the last block it has in order and the sender goes back to the
+  block after it (go-back-N).
+* Block numbers roll over past 65535 to 0, on send and receive; a receiver also follows a
+  sender that wraps to 1. A transfer ends with the first block shorter than blksize, so a
+  file that is an exact multiple of blksize ends with an empty block, and 0 bytes is one
+  empty block.
+* No Sorcerer's Apprentice: a duplicate ACK never makes the sender retransmit in lock-step;
+  in windowed mode an ACK that does not advance the window rewinds it at most once.
+* The receiver re-acknowledges every duplicate of the block it acknowledged last, and
+  after the final block it dallies (stays to re-acknowledge a retransmitted last block).
+* Retransmission is adaptive (RFC 1123 4.2.3.2): each transfer estimates its round-trip
+  time like TCP (SRTT/RTTVAR, RFC 6298, with Karn's rule: no sample from a retransmitted
+  block), so a loss on a LAN costs milliseconds. Timeouts back off exponentially up to
+  the timer's ``maximum``, and a transfer that makes no progress for ``give_up_after``
+  seconds (or, if set, retransmits ``max_retries`` times in a row) fails.
+* Data is acknowledged only after the sink has written it (the sink may finish later:
+  :meth:`BlockReceiver.write_done`).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Callable
+
+import attrs
+
+from netsvc.tftp.packets import ErrorCode
+
+__all__ = [
+    "BlockReceiver",
+    "BlockSender",
+    "Outcome",
+    "RetransmitTimer",
+    "TransferStats",
+    "encode_error",
+]
+
+_HEADER = struct.Struct("!HH")
+_pack_header = _HEADER.pack
+_unpack_header = _HEADER.unpack_from
+
+Send = Callable[[bytes], None]
+
+
+def encode_error(code: int, message: str) -> bytes:
+    """An ERROR datagram (the message is truncated to keep the datagram small)."""
+    text = message.replace("\0", " ").encode("utf-8", "replace")[:200]
+    return _pack_header(5, code) + text + b"\0"
+
+
+class Outcome(enum.Enum):
+    """How a transfer ended (``None`` on the engine while it is still running)."""
+
+    COMPLETE = "complete"  # every byte transferred and acknowledged
+    PEER_ERROR = "peer-error"  # the peer sent ERROR
+    LOCAL_ERROR = "local-error"  # we aborted (bad packet, write failure, shutdown)
+    TIMED_OUT = "timed-out"  # no progress within the retry/deadline budget
+
+
+@attrs.define
+class TransferStats:
+    """Counters for the one log event per transfer."""
+
+    started: float = 0.0
+    finished: float | None = None
+    blocks: int = 0  # blocks delivered in order (receiver) / acknowledged (sender)
+    bytes: int = 0
+    retransmits: int = 0  # datagrams sent again after a timeout or a rewind
+    timeouts: int = 0
+    error_code: int | None = None
+    error_message: str = ""
+
+
+class RetransmitTimer:
+    """Retransmission timeout from measured round trips (RFC 6298 arithmetic).
+
+    ``initial`` is used until the first sample; ``minimum`` keeps a burst of loopback
+    samples from producing a timer shorter than the peer's scheduling jitter; ``maximum``
+    caps the backoff (and is lowered to the TFTP ``timeout`` option when one is agreed).
+    """
+
+    __slots__ = ("backoff", "initial", "maximum", "minimum", "rto", "rttvar", "srtt")
+
+    def __init__(self, initial: float = 1.0, minimum: float = 0.005, maximum: float = 2.0) -> None:
+        if not 0 < minimum <= maximum:
+            raise ValueError(f"need 0 < minimum <= maximum, got {minimum}, {maximum}")
+        self.initial = initial
+        self.minimum = minimum
+        self.maximum = maximum
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self.backoff = 1
+        self.rto = min(max(initial, minimum), maximum)
+
+    def sample(self, rtt: float) -> None:
+        """A round trip measured on a block that was sent once (Karn's rule)."""
+        rtt = max(rtt, 0.0)
+        if self.srtt is None:
+            self.srtt = rtt
+            self.rttvar = rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+        self.backoff = 1
+        self._update()
+
+    def progressed(self) -> None:
+        """The peer acknowledged something new, but no round trip could be timed.
+
+        TCP keeps a backed-off timer until the next valid sample (Karn). With one block in
+        flight and heavy loss, valid samples get rare and the timer would stay at its
+        maximum for good, so the backoff is halved instead: it still grows when the round
+        trip really got longer, and comes back down when it did not.
+        """
+        if self.backoff > 1:
+            self.backoff //= 2
+            self._update()
+
+    def timed_out(self) -> None:
+        """Double the timeout (up to ``maximum``) after a retransmission."""
+        if self.rto < self.maximum:  # past the cap, more backoff would only take longer to undo
+            self.backoff *= 2
+            self._update()
+
+    def _update(self) -> None:
+        base = self.initial if self.srtt is None else self.srtt + 4 * self.rttvar
+        self.rto = min(max(base, self.minimum) * self.backoff, self.maximum)
+
+
+class _Engine:
+    """What the sender and receiver share: timer bookkeeping, ending, errors."""
+
+    def __init__(
+        self,
+        send: Send,
+        *,
+        now: float,
+        blksize: int,
+        windowsize: int,
+        timer: RetransmitTimer | None,
+        max_retries: int | None,
+        give_up_after: float,
+    ) -> None:
+        if not 8 <= blksize <= 65464:
+            raise ValueError(f"blksize out of range: {blksize}")
+        if not 1 <= windowsize <= 65535:
+            raise ValueError(f"windowsize out of range: {windowsize}")
+        self.send = send
+        self.blksize = blksize
+        self.windowsize = windowsize
+        self.timer = timer if timer is not None else RetransmitTimer()
+        self.max_retries = max_retries
+        self.give_up_after = give_up_after
+        self.stats = TransferStats(started=now)
+        self.outcome: Outcome | None = None
+        #: When the caller must call ``on_timeout`` (``None``: no timer needed).
+        self.deadline: float | None = None
+        self._retries = 0
+        self._last_progress = now
+
+    @property
+    def done(self) -> bool:
+        return self.outcome is not None
+
+    def _finish(self, outcome: Outcome, now: float) -> None:
+        if self.outcome is None:
+            self.outcome = outcome
+            self.stats.finished = now
+            self.deadline = None
+
+    def _progress(self, now: float) -> None:
+        self._retries = 0
+        self._last_progress = now
+
+    def _should_give_up(self, now: float) -> bool:
+        self._retries += 1
+        self.stats.timeouts += 1
+        if self.max_retries is not None and self._retries > self.max_retries:
+            return True
+        return now - self._last_progress >= self.give_up_after
+
+    def abort(self, code: int, message: str, now: float) -> None:
+        """End the transfer locally, telling the peer why with an ERROR."""
+        if self.outcome is None:
+            self.send(encode_error(code, message))
+            self.stats.error_code = code
+            self.stats.error_message = message
+            self._finish(Outcome.LOCAL_ERROR, now)
+
+    def _peer_error(self, datagram: bytes, now: float) -> None:
+        code = _unpack_header(datagram)[1] if len(datagram) >= 4 else 0
+        self.stats.error_code = code
+        end = datagram.find(b"\0", 4)
+        raw = datagram[4:] if end < 0 else datagram[4:end]
+        self.stats.error_message = raw.decode("utf-8", "replace")[:200]
+        self._finish(Outcome.PEER_ERROR, now)
+
+    def _illegal(self, reason: str, now: float) -> None:
+        self.abort(ErrorCode.ILLEGAL_OPERATION, reason, now)
+
+
+class BlockSender(_Engine):
+    """Sends a byte stream as DATA blocks and reacts to ACKs and timeouts.
+
+    ``read(n)`` returns up to ``n`` bytes; fewer than ``n`` means end of data. (An
+    asynchronous source reads ahead into memory and hands the engine a buffer.)
+    ``preamble``, when given, is a datagram sent first and acknowledged by ACK 0 (the
+    server's OACK in answer to an RRQ with options).
+    """
+
+    def __init__(
+        self,
+        send: Send,
+        read: Callable[[int], bytes],
+        *,
+        now: float,
+        blksize: int = 512,
+        windowsize: int = 1,
+        timer: RetransmitTimer | None = None,
+        preamble: bytes | None = None,
+        max_retries: int | None = None,
+        give_up_after: float = 30.0,
+    ) -> None:
+        super().__init__(
+            send,
+            now=now,
+            blksize=blksize,
+            windowsize=windowsize,
+            timer=timer,
+            max_retries=max_retries,
+            give_up_after=give_up_after,
+        )
+        self.read = read
+        # Absolute block numbers (never wrapped); the wire carries them modulo 65536.
+        self._window: list[bytes] = []  # datagrams of blocks base .. base+len-1
+        self._base = 0 if preamble is not None else 1
+        self._next = self._base  # next block to transmit (index into the window + base)
+        self._last_block: int | None = None  # absolute number of the final (short) block
+        self._rewound_at = -1  # ACK value that last caused a rewind (once per value)
+        # When each window block was first sent; -1.0 once it has been sent again, since
+        # an ACK for a retransmitted block cannot be timed (Karn's rule).
+        self._sent_at: list[float] = []
+        if preamble is not None:
+            self._window.append(preamble)
+        self._fill_window()
+        self._transmit(now)
+
+    def _fill_window(self) -> None:
+        window = self._window
+        while len(window) < self.windowsize and self._last_block is None:
+            block = self._base + len(window)
+            payload = self.read(self.blksize)
+            if len(payload) < self.blksize:
+                self._last_block = block
+            window.append(_pack_header(3, block & 0xFFFF) + payload)
+
+    def _transmit(self, now: float) -> None:
+        """Send every block from ``_next`` to the end of the window; arm the timer."""
+        window = self._window
+        base = self._base
+        send = self.send
+        sent_at = self._sent_at
+        first_new = base + len(sent_at)
+        for index in range(self._next - base, len(window)):
+            send(window[index])
+        for index in range(self._next - base, min(first_new - base, len(window))):
+            sent_at[index] = -1.0
+        sent_at.extend([now] * (len(window) - len(sent_at)))
+        self._next = base + len(window)
+        self.deadline = now + self.timer.rto
+
+    def on_datagram(self, datagram: bytes, now: float) -> None:
+        """A datagram from the peer (already checked to come from its address and port)."""
+        if self.outcome is not None:
+            return
+        if len(datagram) >= 4:
+            opcode, number = _unpack_header(datagram)
+            if opcode == 4:
+                self.on_ack(number, now)
+                return
+            if opcode == 5:
+                self._peer_error(datagram, now)
+                return
+        self._illegal("expected ACK", now)
+
+    def on_ack(self, wire_block: int, now: float) -> None:
+        """The peer acknowledged ``wire_block`` (0..65535)."""
+        base = self._base
+        # The acknowledged block as an absolute number: the one in [base-1, base-1+65535]
+        # with these low 16 bits. Anything beyond what was sent is stale or bogus.
+        acked = base - 1 + ((wire_block - (base - 1)) & 0xFFFF)
+        sent_end = self._next - 1
+        if acked > sent_end:
+            return
+        if acked >= base:
+            done = acked - base + 1
+            sent_at = self._sent_at[done - 1]
+            # Time only ACKs the receiver sends at once: the one for the last block sent.
+            # A partial ACK may have waited for the receiver's own timer.
+            if sent_at >= 0 and acked == sent_end:
+                self.timer.sample(now - sent_at)
+            else:
+                self.timer.progressed()
+            del self._sent_at[:done]
+            acknowledged = self._window[:done]
+            del self._window[:done]
+            if base == 0:  # the preamble (OACK) is not data
+                acknowledged = acknowledged[1:]
+            self.stats.blocks += len(acknowledged)
+            self.stats.bytes += sum(map(len, acknowledged)) - 4 * len(acknowledged)
+            self._base = base = acked + 1
+            self._progress(now)
+            if self._last_block is not None and acked >= self._last_block:
+                self._finish(Outcome.COMPLETE, now)
+                return
+            if acked < sent_end and self.windowsize > 1:
+                # A partial ACK in windowed mode: the receiver saw a gap after ``acked``.
+                self._rewind(acked, base)
+            self._fill_window()
+            self._transmit(now)
+        elif self.windowsize > 1 and acked < sent_end and acked != self._rewound_at:
+            # No progress, blocks outstanding: the first block of the window was lost.
+            # Rewind once per ACK value, so duplicated ACKs cannot multiply traffic.
+            self._rewind(acked, base)
+            self._transmit(now)
+        # Lock-step duplicate ACK: ignore it (Sorcerer's Apprentice).
+
+    def _rewind(self, acked: int, base: int) -> None:
+        self._rewound_at = acked
+        self.stats.retransmits += self._next - base
+        self._next = base
+
+    def on_timeout(self, now: float) -> None:
+        """The deadline passed: retransmit the window from its first block, or give up."""
+        if self.outcome is not None or self.deadline is None or now < self.deadline:
+            return
+        if self._should_give_up(now):
+            self.stats.error_message = "timed out waiting for ACK"
+            self.send(encode_error(ErrorCode.NOT_DEFINED, "timed out"))
+            self._finish(Outcome.TIMED_OUT, now)
+            return
+        self.timer.timed_out()
+        self.stats.retransmits += self._next - self._base
+        self._rewound_at = -1
+        self._next = self._base
+        self._transmit(now)
+
+
+class BlockReceiver(_Engine):
+    """Receives DATA blocks, hands them to ``write`` in order, and acknowledges them.
+
+    Once data flows, recovery is driven by the sender's timer: the receiver repeats an ACK
+    when a duplicate block shows the sender missed it, acknowledges a partial window when
+    the rest of it does not come, and otherwise only watches the ``give_up_after``
+    deadline.
+
+    ``write(payload)`` returns ``True`` when the bytes are written, ``False`` when the
+    write will finish later: the engine then waits for :meth:`write_done` before it
+    acknowledges, and drops DATA meanwhile (the sender retransmits). ``preamble`` is the
+    datagram that asked for the first block and is repeated on timeout: ACK 0 or an OACK
+    (server, WRQ) or the request itself (client, RRQ).
+    """
+
+    def __init__(
+        self,
+        send: Send,
+        write: Callable[[bytes], bool],
+        *,
+        now: float,
+        preamble: bytes,
+        blksize: int = 512,
+        windowsize: int = 1,
+        timer: RetransmitTimer | None = None,
+        max_retries: int | None = None,
+        give_up_after: float = 30.0,
+        dally: float | None = None,
+        max_bytes: int | None = None,
+    ) -> None:
+        super().__init__(
+            send,
+            now=now,
+            blksize=blksize,
+            windowsize=windowsize,
+            timer=timer,
+            max_retries=max_retries,
+            give_up_after=give_up_after,
+        )
+        self.write = write
+        self.max_bytes = max_bytes
+        self._dally = dally
+        self._expected = 1  # wire number of the next in-order block
+        self._wraps_to_one = False
+        self._last_ack = preamble  # what we repeat on timeout and for duplicates
+        self._last_acked_wire: int | None = None
+        self._since_ack = 0  # in-order blocks since our last ACK
+        self._gap_reported = False
+        self._writing = False
+        self._final = False  # the short block has been written
+        self._ack_sent_at = now
+        self._ack_retransmitted = False
+        self._pending_wire = 0  # block whose deferred write is in progress
+        #: True once the final block is written and acknowledged: the data is complete
+        #: even while the engine dallies for a retransmitted last block.
+        self.complete = False
+        self.send(preamble)
+        self.deadline = now + self.timer.rto
+
+    def _next_wire(self, wire: int) -> int:
+        following = (wire + 1) & 0xFFFF
+        if following == 0 and self._wraps_to_one:
+            return 1
+        return following
+
+    def on_datagram(self, datagram: bytes, now: float) -> None:
+        """A datagram from the peer (already checked to come from its address and port)."""
+        if self.outcome is not None:
+            return
+        if len(datagram) >= 4:
+            opcode, number = _unpack_header(datagram)
+            if opcode == 3:
+                self.on_data(number, datagram, now)
+                return
+            if opcode == 5:
+                self._peer_error(datagram, now)
+                return
+        self._illegal("expected DATA", now)
+
+    def on_data(self, wire: int, datagram: bytes, now: float) -> None:
+        """DATA ``wire`` arrived; ``datagram`` is the whole packet (payload from byte 4)."""
+        if self._final:
+            if wire == self._last_acked_wire:
+                self.send(self._last_ack)  # our final ACK was lost: say it again
+            return
+        if self._writing:
+            return  # not acknowledged yet, so the sender will send it again
+        expected = self._expected
+        if wire != expected:
+            if expected == 0 and wire == 1 and self._last_acked_wire == 0xFFFF:
+                # The sender wrapped 65535 -> 1 rather than 0; follow it from here on.
+                self._wraps_to_one = True
+                self._expected = expected = 1
+            else:
+                self._out_of_order(wire, now)
+                return
+        size = len(datagram) - 4
+        if size > self.blksize:
+            self._illegal(f"DATA block larger than blksize {self.blksize}", now)
+            return
+        if self.max_bytes is not None and self.stats.bytes + size > self.max_bytes:
+            self.abort(ErrorCode.DISK_FULL, "file exceeds the size limit", now)
+            return
+        if self._since_ack == 0 and not self._ack_retransmitted and not self._gap_reported:
+            elapsed = now - self._ack_sent_at
+            # Later than our own timeout, this block is likely a retransmission (Karn).
+            if elapsed < self.timer.rto:
+                self.timer.sample(elapsed)
+        self._progress(now)
+        self._gap_reported = False
+        self._final = size < self.blksize
+        self.stats.blocks += 1
+        self.stats.bytes += size
+        self._expected = self._next_wire(wire)
+        self._since_ack += 1
+        self._pending_wire = wire
+        if self.write(datagram[4:]):
+            self._written(wire, now)
+        else:
+            self._writing = True
+
+    def write_done(self, now: float) -> None:
+        """The sink finished the write it deferred; acknowledge the block now."""
+        if self._writing and self.outcome is None:
+            self._writing = False
+            self._written(self._pending_wire, now)
+
+    def _written(self, wire: int, now: float) -> None:
+        if self._final or self._since_ack >= self.windowsize:
+            self._acknowledge(wire, now)
+        else:
+            self.deadline = now + self.timer.rto
+        if self._final:
+            self.complete = True
+            if self._dally:
+                self.deadline = now + self._dally
+            else:
+                self._finish(Outcome.COMPLETE, now)
+
+    def _acknowledge(self, wire: int, now: float) -> None:
+        self._last_ack = _pack_header(4, wire)
+        self._last_acked_wire = wire
+        self._since_ack = 0
+        self._ack_sent_at = now
+        self._ack_retransmitted = False
+        self.send(self._last_ack)
+        self.deadline = now + self.timer.rto
+
+    def _out_of_order(self, wire: int, now: float) -> None:
+        last = self._last_in_order_wire()
+        if wire == last or wire == self._last_acked_wire:
+            # A duplicate of what we acknowledged last: our ACK was lost, repeat it.
+            if self._since_ack == 0:
+                self.send(self._last_ack)
+                self._ack_retransmitted = True
+            return
+        ahead = (wire - self._expected) & 0xFFFF
+        if self.windowsize > 1 and ahead < self.windowsize and not self._gap_reported:
+            # A gap: acknowledge what we have so the sender goes back to the hole, once.
+            self._gap_reported = True
+            if last is None:
+                self.send(self._last_ack)  # nothing yet: repeat the preamble's answer
+            else:
+                self._acknowledge(last, now)
+
+    def _last_in_order_wire(self) -> int | None:
+        if self.stats.blocks == 0:
+            return None
+        previous = (self._expected - 1) & 0xFFFF
+        if previous == 0 and self._wraps_to_one:
+            return 0xFFFF
+        return previous
+
+    def on_timeout(self, now: float) -> None:
+        """The deadline passed: repeat our last ACK (or request), finish dallying, or give up."""
+        if self.outcome is not None or self.deadline is None or now < self.deadline:
+            return
+        if self._final and not self._writing:
+            self._finish(Outcome.COMPLETE, now)
+            return
+        if self._should_give_up(now):
+            self.stats.error_message = "timed out waiting for DATA"
+            self.send(encode_error(ErrorCode.NOT_DEFINED, "timed out"))
+            self._finish(Outcome.TIMED_OUT, now)
+            return
+        self.timer.timed_out()
+        last = self._last_in_order_wire()
+        if self._writing:
+            pass  # the ACK waits for the write
+        elif last is None:
+            # Nothing arrived yet: our ACK 0 / OACK / request may have been lost.
+            self.send(self._last_ack)
+            self._ack_retransmitted = True
+            self.stats.retransmits += 1
+        elif self._since_ack:
+            # Part of a window arrived, then nothing: say where we are (go-back-N).
+            self._acknowledge(last, now)
+            self._ack_retransmitted = True
+            self.stats.retransmits += 1
+        # Otherwise the sender's timer drives recovery: repeating an ACK it already has
+        # would only be timed by it as a (much too long) round trip.
+        self.deadline = now + self.timer.rto

@@ -1,0 +1,343 @@
+"""The sans-I/O engines over a simulated link: loss, duplication, reordering, delay."""
+
+from __future__ import annotations
+
+import heapq
+import random
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from netsvc.tftp.engine import BlockReceiver, BlockSender, Outcome, RetransmitTimer
+from netsvc.tftp.packets import ErrorCode, encode_ack, encode_data
+
+
+class Link:
+    """Two endpoints, a clock and a lossy network between them (deterministic by seed)."""
+
+    def __init__(
+        self,
+        seed: int = 0,
+        loss: float = 0.0,
+        duplicate: float = 0.0,
+        reorder: float = 0.0,
+        delay: float = 0.001,
+    ) -> None:
+        self.random = random.Random(seed)
+        self.loss, self.duplicate, self.reorder, self.delay = loss, duplicate, reorder, delay
+        self.now = 0.0
+        self.queue: list[tuple[float, int, str, bytes]] = []
+        self.sequence = 0
+        self.sent = {"a": 0, "b": 0}
+
+    def sender_for(self, source: str) -> Callable[[bytes], None]:
+        destination = "b" if source == "a" else "a"
+
+        def send(datagram: bytes) -> None:
+            self.sent[source] += 1
+            copies = 2 if self.random.random() < self.duplicate else 1
+            for _ in range(copies):
+                if self.random.random() < self.loss:
+                    continue
+                delay = self.delay
+                if self.random.random() < self.reorder:
+                    delay += self.random.uniform(0, 4 * self.delay)
+                self.sequence += 1
+                heapq.heappush(self.queue, (self.now + delay, self.sequence, destination, datagram))
+
+        return send
+
+    def run(self, a: Any, b: Any, limit: float = 600.0, max_events: int = 5_000_000) -> None:
+        """Deliver datagrams and fire deadlines until both ends are done (bounded)."""
+        engines = {"a": a, "b": b}
+        for _ in range(max_events):
+            if a.done and b.done:
+                return
+            deadlines = [
+                (e.deadline, name) for name, e in engines.items() if e.deadline is not None
+            ]
+            next_timer = min(deadlines) if deadlines else (float("inf"), "")
+            if self.queue and self.queue[0][0] <= next_timer[0]:
+                when, _, destination, datagram = heapq.heappop(self.queue)
+                self.now = max(self.now, when)
+                engines[destination].on_datagram(datagram, self.now)
+            elif next_timer[1]:
+                self.now = max(self.now, next_timer[0])
+                engines[next_timer[1]].on_timeout(self.now)
+            else:
+                return
+            if self.now > limit:
+                raise AssertionError("transfer did not end within the simulated time limit")
+        raise AssertionError("too many events")
+
+
+def transfer(
+    data: bytes,
+    link: Link,
+    blksize: int = 512,
+    windowsize: int = 1,
+    dally: float | None = 1.0,
+    **receiver_kwargs: Any,
+) -> tuple[BlockSender, BlockReceiver, bytes]:
+    """Sender "a" streams ``data`` to receiver "b" (a server answering a WRQ with ACK 0)."""
+    received = bytearray()
+    offset = 0
+
+    def read(n: int) -> bytes:
+        nonlocal offset
+        chunk = data[offset : offset + n]
+        offset += len(chunk)
+        return chunk
+
+    def write(payload: bytes) -> bool:
+        received.extend(payload)
+        return True
+
+    receiver = BlockReceiver(
+        link.sender_for("b"), write, now=0.0, preamble=encode_ack(0), blksize=blksize,
+        windowsize=windowsize, dally=dally, **receiver_kwargs,
+    )
+    # The sender starts when ACK 0 arrives: model it as starting after one link delay.
+    link.queue.clear()
+    sender = BlockSender(
+        link.sender_for("a"), read, now=0.0, blksize=blksize, windowsize=windowsize
+    )
+    link.run(sender, receiver)
+    return sender, receiver, bytes(received)
+
+
+SIZES = [0, 1, 511, 512, 513, 512 * 7, 512 * 7 + 3, 40_000]
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("windowsize", [1, 4, 16, 64])
+def test_clean_link_transfers_every_size(size: int, windowsize: int) -> None:
+    data = random.Random(size).randbytes(size)
+    sender, receiver, received = transfer(data, Link(), windowsize=windowsize)
+    assert received == data
+    assert sender.outcome is Outcome.COMPLETE and receiver.outcome is Outcome.COMPLETE
+    assert sender.stats.bytes == size == receiver.stats.bytes
+    assert sender.stats.blocks == size // 512 + 1
+    assert sender.stats.retransmits == 0
+
+
+@pytest.mark.parametrize("loss", [0.1, 0.2, 0.3])
+@pytest.mark.parametrize("windowsize", [1, 4, 16, 64])
+@pytest.mark.parametrize("size", [0, 511, 512, 512 * 20, 100_000])
+def test_lossy_duplicating_reordering_link_gives_identical_bytes(
+    loss: float, windowsize: int, size: int
+) -> None:
+    data = random.Random(size).randbytes(size)
+    link = Link(seed=int(loss * 100) + windowsize, loss=loss, duplicate=0.05, reorder=0.1)
+    sender, receiver, received = transfer(data, link, windowsize=windowsize, dally=5.0)
+    assert receiver.complete and received == data
+    # The receiver's last ACK may be lost through its whole dally; then the sender cannot
+    # know the transfer succeeded (TFTP has no final handshake) and times out.
+    assert sender.outcome in (Outcome.COMPLETE, Outcome.TIMED_OUT)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    size=st.integers(0, 5000),
+    blksize=st.sampled_from([8, 9, 64, 512]),
+    windowsize=st.sampled_from([1, 2, 3, 8]),
+    loss=st.floats(0, 0.4),
+    duplicate=st.floats(0, 0.3),
+    reorder=st.floats(0, 0.5),
+)
+def test_any_link_ends_with_identical_bytes_or_a_clean_error(
+    seed: int, size: int, blksize: int, windowsize: int, loss: float, duplicate: float,
+    reorder: float,
+) -> None:
+    data = random.Random(seed).randbytes(size)
+    link = Link(seed, loss, duplicate, reorder)
+    sender, receiver, received = transfer(data, link, blksize=blksize, windowsize=windowsize)
+    assert sender.done and receiver.done
+    if receiver.complete:
+        assert received == data
+    else:
+        assert receiver.outcome in (Outcome.TIMED_OUT, Outcome.PEER_ERROR)
+    if sender.outcome is Outcome.COMPLETE:
+        assert receiver.complete
+
+
+def test_rollover_past_65535_with_blksize_8() -> None:
+    size = 600 * 1024  # 76,800 blocks of 8 bytes: wraps once
+    data = random.Random(1).randbytes(size)
+    sender, _receiver, received = transfer(data, Link(), blksize=8, windowsize=16)
+    assert received == data and sender.stats.blocks == size // 8 + 1
+
+
+def test_rollover_under_loss_lockstep() -> None:
+    data = random.Random(2).randbytes(530 * 1024)
+    link = Link(seed=3, loss=0.05)
+    _, receiver, received = transfer(data, link, blksize=8)
+    assert receiver.complete and received == data
+
+
+def test_receiver_follows_a_sender_that_wraps_to_one() -> None:
+    sent: list[bytes] = []
+    received = bytearray()
+    receiver = BlockReceiver(
+        sent.append, lambda p: received.extend(p) is None, now=0.0, preamble=encode_ack(0),
+        blksize=8,
+    )
+    block = 1
+    for absolute in range(1, 65540):
+        receiver.on_datagram(encode_data(block, b"%08d" % (absolute % 10**8)), 0.0)
+        block = block + 1 if block < 65535 else 1  # wraps to 1, never 0
+    receiver.on_datagram(encode_data(block, b""), 0.0)
+    assert receiver.complete
+    assert len(received) == 65539 * 8
+    assert sent[-1] == encode_ack(block)
+
+
+def test_lockstep_sender_ignores_duplicate_acks_sorcerers_apprentice() -> None:
+    sent: list[bytes] = []
+    chunks = iter([b"a" * 512, b"b" * 512, b"c"])
+    sender = BlockSender(sent.append, lambda n: next(chunks), now=0.0)
+    assert sent == [encode_data(1, b"a" * 512)]
+    sender.on_ack(1, 0.01)
+    sender.on_ack(1, 0.02)  # the duplicate: must not resend block 2
+    sender.on_ack(1, 0.03)
+    assert sent == [encode_data(1, b"a" * 512), encode_data(2, b"b" * 512)]
+
+
+def test_windowed_sender_rewinds_once_per_ack_value() -> None:
+    sent: list[bytes] = []
+    data = bytes(512 * 10)
+    offset = 0
+
+    def read(n: int) -> bytes:
+        nonlocal offset
+        chunk = data[offset : offset + n]
+        offset += n
+        return chunk
+
+    sender = BlockSender(sent.append, read, now=0.0, windowsize=4)
+    assert len(sent) == 4  # blocks 1-4
+    sender.on_ack(2, 0.01)  # gap after 2: go back to 3, and the window slides to 3-6
+    assert [struct.unpack("!HH", d[:4])[1] for d in sent[4:]] == [3, 4, 5, 6]
+    sender.on_ack(2, 0.02)  # the same ACK duplicated: nothing more
+    sender.on_ack(2, 0.03)
+    assert len(sent) == 8
+
+
+def test_receiver_reacks_every_duplicate_of_its_last_block() -> None:
+    sent: list[bytes] = []
+    receiver = BlockReceiver(sent.append, lambda p: True, now=0.0, preamble=encode_ack(0))
+    receiver.on_datagram(encode_data(1, bytes(512)), 0.01)
+    for _ in range(3):
+        receiver.on_datagram(encode_data(1, bytes(512)), 0.02)
+    assert sent == [encode_ack(0)] + [encode_ack(1)] * 4
+
+
+def test_receiver_acks_only_after_a_deferred_write_completes() -> None:
+    sent: list[bytes] = []
+    receiver = BlockReceiver(sent.append, lambda p: False, now=0.0, preamble=encode_ack(0))
+    receiver.on_datagram(encode_data(1, bytes(512)), 0.01)
+    receiver.on_datagram(encode_data(1, bytes(512)), 0.02)  # retransmission while writing
+    assert sent == [encode_ack(0)]
+    receiver.write_done(0.03)
+    assert sent == [encode_ack(0), encode_ack(1)]
+
+
+def test_receiver_dallies_and_reacks_a_retransmitted_final_block() -> None:
+    sent: list[bytes] = []
+    receiver = BlockReceiver(
+        sent.append, lambda p: True, now=0.0, preamble=encode_ack(0), dally=2.0
+    )
+    receiver.on_datagram(encode_data(1, b"end"), 0.1)
+    assert receiver.complete and not receiver.done
+    receiver.on_datagram(encode_data(1, b"end"), 0.5)
+    assert sent[-2:] == [encode_ack(1), encode_ack(1)]
+    assert receiver.deadline is not None
+    receiver.on_timeout(receiver.deadline)
+    assert receiver.outcome is Outcome.COMPLETE
+
+
+def test_oversized_block_is_an_illegal_operation() -> None:
+    sent: list[bytes] = []
+    receiver = BlockReceiver(sent.append, lambda p: True, now=0.0, preamble=encode_ack(0))
+    receiver.on_datagram(encode_data(1, bytes(513)), 0.0)
+    assert receiver.outcome is Outcome.LOCAL_ERROR
+    assert sent[-1][:4] == struct.pack("!HH", 5, ErrorCode.ILLEGAL_OPERATION)
+
+
+def test_receiver_size_limit_is_disk_full_before_writing() -> None:
+    sent: list[bytes] = []
+    written: list[bytes] = []
+    receiver = BlockReceiver(
+        sent.append, lambda p: written.append(p) is None, now=0.0, preamble=encode_ack(0),
+        max_bytes=1000,
+    )
+    receiver.on_datagram(encode_data(1, bytes(512)), 0.0)
+    receiver.on_datagram(encode_data(2, bytes(512)), 0.0)
+    assert receiver.outcome is Outcome.LOCAL_ERROR and len(written) == 1
+    assert sent[-1][:4] == struct.pack("!HH", 5, ErrorCode.DISK_FULL)
+
+
+def test_peer_error_ends_the_transfer() -> None:
+    sender = BlockSender(lambda d: None, lambda n: b"x", now=0.0)
+    sender.on_datagram(struct.pack("!HH", 5, 3) + b"disk full\0", 0.1)
+    assert sender.outcome is Outcome.PEER_ERROR
+    assert sender.stats.error_code == 3 and sender.stats.error_message == "disk full"
+
+
+def test_sender_gives_up_after_max_retries_with_backoff() -> None:
+    sent: list[bytes] = []
+    sender = BlockSender(
+        sent.append, lambda n: b"x", now=0.0, timer=RetransmitTimer(initial=0.1, maximum=1.0),
+        max_retries=4,
+    )
+    waits = []
+    now = 0.0
+    while not sender.done:
+        assert sender.deadline is not None
+        waits.append(round(sender.deadline - now, 3))
+        now = sender.deadline
+        sender.on_timeout(now)
+    assert waits == [0.1, 0.2, 0.4, 0.8, 1.0]
+    assert sender.outcome is Outcome.TIMED_OUT
+    assert len(sent) == 5 + 1  # first transmission, 4 retries, then ERROR
+    assert sent[-1][:2] == b"\x00\x05"
+
+
+def test_oack_preamble_is_block_zero_and_not_counted_as_data() -> None:
+    sent: list[bytes] = []
+    oack = b"\x00\x06blksize\x001024\x00"
+    sender = BlockSender(sent.append, lambda n: b"hi", now=0.0, blksize=1024, preamble=oack)
+    assert sent == [oack]
+    sender.on_ack(0, 0.01)
+    assert sent[-1] == encode_data(1, b"hi")
+    sender.on_ack(1, 0.02)
+    assert sender.outcome is Outcome.COMPLETE
+    assert sender.stats.bytes == 2 and sender.stats.blocks == 1
+
+
+def test_rtt_estimate_makes_lan_retransmits_fast() -> None:
+    data = bytes(512 * 200)
+    link = Link(seed=5, loss=0.1, delay=0.0005)
+    sender, _receiver, received = transfer(data, link)
+    assert received == data
+    # ~40 losses each way; with 1 s fixed timers this would take ~40 s of simulated time.
+    assert sender.stats.finished is not None and sender.stats.finished < 2.0
+    assert sender.timer.srtt is not None and sender.timer.srtt < 0.01
+
+
+def test_timer_arithmetic_follows_rfc_6298() -> None:
+    timer = RetransmitTimer(initial=1.0, minimum=0.001, maximum=60)
+    assert timer.rto == 1.0
+    timer.sample(0.1)
+    assert timer.srtt == 0.1 and timer.rttvar == 0.05 and timer.rto == pytest.approx(0.3)
+    timer.sample(0.1)
+    assert timer.rttvar == pytest.approx(0.0375) and timer.rto == pytest.approx(0.25)
+    timer.timed_out()
+    assert timer.rto == pytest.approx(0.5)
+    timer.sample(0.1)
+    assert timer.backoff == 1
