@@ -25,6 +25,8 @@ Clock = Callable[[], float]
 class Admission(Protocol):
     """Anything that can answer "may this key act now?" (a bucket, or a fixed verdict)."""
 
+    tokens: float
+
     def take(self, clock: Clock, cost: float = 1.0) -> bool: ...
 
 
@@ -62,10 +64,12 @@ class TokenBucket:
 
 
 class _Fixed:
-    __slots__ = ("verdict",)
+    __slots__ = ("tokens", "verdict")
 
     def __init__(self, verdict: bool) -> None:
         self.verdict = verdict
+        # Infinite tokens (or none) let hot paths inline ``tokens >= cost`` for every kind.
+        self.tokens = float("inf") if verdict else float("-inf")
 
     def take(self, clock: Clock, cost: float = 1.0) -> bool:
         return self.verdict
@@ -111,10 +115,15 @@ class PerKeyRateLimiter(Generic[K]):
         """Charge ``cost`` to ``key``; return whether the action is allowed."""
         admission = self._admissions.get(key)
         if admission is None:
-            admission = self._admit(key)
+            admission = self.admit(key)
         return admission.take(self.clock, cost)
 
-    def _admit(self, key: K) -> Admission:
+    def lookup(self, key: K) -> Admission | None:
+        """The admission of a known key, for hot paths that inline the token check."""
+        return self._admissions.get(key)
+
+    def admit(self, key: K) -> Admission:
+        """Create (and remember) the admission of a key seen for the first time."""
         admission = self.classify(key) if self.classify is not None else None
         if admission is None:
             if self.rate is None:

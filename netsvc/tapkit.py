@@ -65,11 +65,10 @@ class ServiceSpec:
     flags: Sequence[Flag]
     #: Build the service from option values keyed by unprefixed name, and a reactor.
     build: Callable[[Values, Any], IService]
-    #: In the suite: is the service on? Receives the unprefixed values plus ``enabled``
-    #: (true unless ``--no-<name>`` was given, or ``--<name>`` for opt-in services).
-    enabled: Callable[[Values], bool] = lambda values: bool(values["enabled"])
-    #: Opt-in services are off in the suite unless ``--<name>`` is given.
-    opt_in: bool = False
+    #: How the suite switches the service on: ``"default-on"`` (``--no-<name>`` turns it
+    #: off), ``"flag"`` (off unless ``--<name>``), or the name of a parameter that turns it
+    #: on when given a value (``"root"``: ``--tftp-root DIR``).
+    suite_switch: str = "default-on"
     #: Checks on the values; raise ``usage.UsageError`` with a readable message.
     check: Callable[[Values], None] = lambda values: None
 
@@ -129,8 +128,15 @@ def _values_for(spec: ServiceSpec, options: Mapping[str, Any]) -> dict[str, Any]
     prefix = spec.name + "-"
     values = {p.name: options[prefix + p.name] for p in spec.params}
     values.update({f.name: options[prefix + f.name] for f in spec.flags})
-    values["enabled"] = options[spec.name] if spec.opt_in else not options["no-" + spec.name]
     return values
+
+
+def _enabled(spec: ServiceSpec, options: Mapping[str, Any]) -> bool:
+    if spec.suite_switch == "default-on":
+        return not options["no-" + spec.name]
+    if spec.suite_switch == "flag":
+        return bool(options[spec.name])
+    return options[f"{spec.name}-{spec.suite_switch}"] is not None
 
 
 def suite_options(specs: Sequence[ServiceSpec]) -> type[usage.Options]:
@@ -138,16 +144,16 @@ def suite_options(specs: Sequence[ServiceSpec]) -> type[usage.Options]:
     params: list[list[Any]] = []
     flags: list[list[Any]] = []
     for spec in specs:
-        if spec.opt_in:
+        if spec.suite_switch == "flag":
             flags.append([spec.name, None, f"Run {spec.description}"])
-        else:
+        elif spec.suite_switch == "default-on":
             flags.append(["no-" + spec.name, None, f"Do not run {spec.description}"])
         prefix = spec.name + "-"
         params.extend(_param_row(p, prefix) for p in spec.params)
         flags.extend([prefix + f.name, None, f.help] for f in spec.flags)
 
     def check(options: usage.Options) -> None:
-        enabled = [spec for spec in specs if spec.enabled(_values_for(spec, options))]
+        enabled = [spec for spec in specs if _enabled(spec, options)]
         if not enabled:
             raise usage.UsageError("every service is switched off: nothing to run")
         for spec in enabled:
@@ -193,9 +199,8 @@ def make_suite_service(specs: Sequence[ServiceSpec], options: Values, reactor: A
     """What ``makeService`` of ``twistd netsvc`` returns: every enabled service."""
     root = _ExplainBindErrors("netsvc")
     for spec in specs:
-        values = _values_for(spec, options)
-        if spec.enabled(values):
-            child = spec.build(values, reactor)
+        if _enabled(spec, options):
+            child = spec.build(_values_for(spec, options), reactor)
             if isinstance(child, Service):
                 child.setName(spec.name)
             root.addService(child)

@@ -152,6 +152,7 @@ class _Engine:
         timer: RetransmitTimer | None,
         max_retries: int | None,
         give_up_after: float,
+        first_contact_retries: int,
     ) -> None:
         if not 8 <= blksize <= 65464:
             raise ValueError(f"blksize out of range: {blksize}")
@@ -169,6 +170,10 @@ class _Engine:
         self.deadline: float | None = None
         self._retries = 0
         self._last_progress = now
+        #: Until the peer answers once, it may be a spoofed address: ``first_contact_retries``
+        #: bounds what we send it (a reflection attack gets a handful of small packets).
+        self.first_contact_retries = first_contact_retries
+        self._peer_proven = False
 
     @property
     def done(self) -> bool:
@@ -183,11 +188,14 @@ class _Engine:
     def _progress(self, now: float) -> None:
         self._retries = 0
         self._last_progress = now
+        self._peer_proven = True
 
     def _should_give_up(self, now: float) -> bool:
         self._retries += 1
         self.stats.timeouts += 1
         if self.max_retries is not None and self._retries > self.max_retries:
+            return True
+        if not self._peer_proven and self._retries > self.first_contact_retries:
             return True
         return now - self._last_progress >= self.give_up_after
 
@@ -214,8 +222,9 @@ class _Engine:
 class BlockSender(_Engine):
     """Sends a byte stream as DATA blocks and reacts to ACKs and timeouts.
 
-    ``read(n)`` returns up to ``n`` bytes; fewer than ``n`` means end of data. (An
-    asynchronous source reads ahead into memory and hands the engine a buffer.)
+    ``read(n)`` returns up to ``n`` bytes, fewer than ``n`` only at the end of the data,
+    or ``None`` when an asynchronous source has nothing yet: the caller then calls
+    :meth:`resume` once it has.
     ``preamble``, when given, is a datagram sent first and acknowledged by ACK 0 (the
     server's OACK in answer to an RRQ with options).
     """
@@ -223,7 +232,7 @@ class BlockSender(_Engine):
     def __init__(
         self,
         send: Send,
-        read: Callable[[int], bytes],
+        read: Callable[[int], bytes | None],
         *,
         now: float,
         blksize: int = 512,
@@ -232,6 +241,7 @@ class BlockSender(_Engine):
         preamble: bytes | None = None,
         max_retries: int | None = None,
         give_up_after: float = 30.0,
+        first_contact_retries: int = 5,
     ) -> None:
         super().__init__(
             send,
@@ -241,6 +251,7 @@ class BlockSender(_Engine):
             timer=timer,
             max_retries=max_retries,
             give_up_after=give_up_after,
+            first_contact_retries=first_contact_retries,
         )
         self.read = read
         # Absolute block numbers (never wrapped); the wire carries them modulo 65536.
@@ -262,12 +273,16 @@ class BlockSender(_Engine):
         while len(window) < self.windowsize and self._last_block is None:
             block = self._base + len(window)
             payload = self.read(self.blksize)
+            if payload is None:
+                break  # the source has nothing yet; the caller will call resume()
             if len(payload) < self.blksize:
                 self._last_block = block
             window.append(_pack_header(3, block & 0xFFFF) + payload)
 
     def _transmit(self, now: float) -> None:
         """Send every block from ``_next`` to the end of the window; arm the timer."""
+        if self.outcome is not None:
+            return  # e.g. the source failed while the window was being filled
         window = self._window
         base = self._base
         send = self.send
@@ -342,9 +357,21 @@ class BlockSender(_Engine):
         self.stats.retransmits += self._next - base
         self._next = base
 
+    def resume(self, now: float) -> None:
+        """The source has data again: fill the window and send what is new."""
+        if self.outcome is None:
+            self._fill_window()
+            self._transmit(now)
+
     def on_timeout(self, now: float) -> None:
         """The deadline passed: retransmit the window from its first block, or give up."""
         if self.outcome is not None or self.deadline is None or now < self.deadline:
+            return
+        if not self._window:  # waiting for our own source, not for the peer
+            if now - self._last_progress >= self.give_up_after:
+                self.abort(ErrorCode.NOT_DEFINED, "data source stalled", now)
+            else:
+                self.deadline = now + self.timer.rto
             return
         if self._should_give_up(now):
             self.stats.error_message = "timed out waiting for ACK"
@@ -369,8 +396,9 @@ class BlockReceiver(_Engine):
     ``write(payload)`` returns ``True`` when the bytes are written, ``False`` when the
     write will finish later: the engine then waits for :meth:`write_done` before it
     acknowledges, and drops DATA meanwhile (the sender retransmits). ``preamble`` is the
-    datagram that asked for the first block and is repeated on timeout: ACK 0 or an OACK
-    (server, WRQ) or the request itself (client, RRQ).
+    datagram that asks for the first block, sent at once and repeated on timeout: ACK 0 or
+    an OACK (server, WRQ), ACK 0 (client, after an OACK), or ``None`` when block 1 has
+    already arrived and is about to be fed in (client, RRQ without options).
     """
 
     def __init__(
@@ -379,12 +407,13 @@ class BlockReceiver(_Engine):
         write: Callable[[bytes], bool],
         *,
         now: float,
-        preamble: bytes,
+        preamble: bytes | None,
         blksize: int = 512,
         windowsize: int = 1,
         timer: RetransmitTimer | None = None,
         max_retries: int | None = None,
         give_up_after: float = 30.0,
+        first_contact_retries: int = 5,
         dally: float | None = None,
         max_bytes: int | None = None,
     ) -> None:
@@ -396,13 +425,14 @@ class BlockReceiver(_Engine):
             timer=timer,
             max_retries=max_retries,
             give_up_after=give_up_after,
+            first_contact_retries=first_contact_retries,
         )
         self.write = write
         self.max_bytes = max_bytes
         self._dally = dally
         self._expected = 1  # wire number of the next in-order block
         self._wraps_to_one = False
-        self._last_ack = preamble  # what we repeat on timeout and for duplicates
+        self._last_ack = preamble or b""  # what we repeat on timeout and for duplicates
         self._last_acked_wire: int | None = None
         self._since_ack = 0  # in-order blocks since our last ACK
         self._gap_reported = False
@@ -414,7 +444,8 @@ class BlockReceiver(_Engine):
         #: True once the final block is written and acknowledged: the data is complete
         #: even while the engine dallies for a retransmitted last block.
         self.complete = False
-        self.send(preamble)
+        if preamble is not None:
+            self.send(preamble)
         self.deadline = now + self.timer.rto
 
     def _next_wire(self, wire: int) -> int:
@@ -519,7 +550,8 @@ class BlockReceiver(_Engine):
             # A gap: acknowledge what we have so the sender goes back to the hole, once.
             self._gap_reported = True
             if last is None:
-                self.send(self._last_ack)  # nothing yet: repeat the preamble's answer
+                if self._last_ack:
+                    self.send(self._last_ack)  # nothing yet: repeat the preamble
             else:
                 self._acknowledge(last, now)
 
@@ -549,9 +581,10 @@ class BlockReceiver(_Engine):
             pass  # the ACK waits for the write
         elif last is None:
             # Nothing arrived yet: our ACK 0 / OACK / request may have been lost.
-            self.send(self._last_ack)
-            self._ack_retransmitted = True
-            self.stats.retransmits += 1
+            if self._last_ack:
+                self.send(self._last_ack)
+                self._ack_retransmitted = True
+                self.stats.retransmits += 1
         elif self._since_ack:
             # Part of a window arrived, then nothing: say where we are (go-back-N).
             self._acknowledge(last, now)
