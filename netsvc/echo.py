@@ -20,7 +20,6 @@ from collections.abc import Collection
 from typing import Any, cast
 
 import attrs
-from twisted.application.service import MultiService
 from twisted.internet import task
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
@@ -35,7 +34,12 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from netsvc.listening import TCPListenService, UDPListenService, tcp_endpoint_description
+from netsvc.listening import (
+    ListenGroup,
+    TCPListenService,
+    UDPListenService,
+    tcp_endpoint_description,
+)
 from netsvc.ratelimit import NEVER, Admission, PerKeyRateLimiter
 
 __all__ = [
@@ -114,6 +118,8 @@ class TCPEchoProtocol(Protocol):
     transport: ITCPTransport
     #: Set on every read; cleared by the factory's idle sweep.
     active = True
+    #: Sweeps in a row that found the connection inactive.
+    idle_sweeps = 0
     #: The peer's IP address, for the per-peer connection count.
     peer_host = ""
 
@@ -204,7 +210,12 @@ class TCPEchoFactory(Factory[TCPEchoProtocol]):
         for protocol in list(self.connections):
             if protocol.active:
                 protocol.active = False
-            elif protocol.transport is not None:
+                protocol.idle_sweeps = 0
+                continue
+            protocol.idle_sweeps += 1
+            # Sweeps come every half timeout: two silent sweeps after the one that cleared
+            # the flag mean at least one full timeout without data.
+            if protocol.idle_sweeps >= 2 and protocol.transport is not None:
                 protocol.transport.abortConnection()
                 closed += 1
         if closed:
@@ -300,7 +311,7 @@ def echo_service(
     udp: bool = True,
     tcp_endpoint: str | None = None,
     limits: EchoLimits = EchoLimits(),
-) -> MultiService:
+) -> ListenGroup:
     """A service running TCP and UDP echo on ``port`` at ``interface``.
 
     ``tcp_endpoint``, a Twisted server endpoint description such as
@@ -308,7 +319,7 @@ def echo_service(
     ``tcp=False`` or ``udp=False`` leaves one out. ``reactor`` must provide
     ``IReactorTCP`` (or whatever the endpoint needs), ``IReactorUDP`` and ``IReactorTime``.
     """
-    service = MultiService()
+    service = ListenGroup()
     if tcp:
         description = tcp_endpoint or tcp_endpoint_description(port, interface)
         factory = TCPEchoFactory(reactor, limits)

@@ -15,6 +15,7 @@ from netsvc.tapkit import (
     Values,
     make_standalone_service,
     non_negative_float,
+    non_negative_int,
     port_number,
     standalone_options,
 )
@@ -34,7 +35,7 @@ def build_echo(values: Values, reactor: Any) -> IService:
         max_connections_per_peer=_off_if_zero(values["max-per-peer"]),
         idle_timeout=_off_if_zero(values["idle-timeout"]),
         udp_rate=_off_if_zero(values["udp-rate"]),
-        udp_burst=values["udp-burst"] or _DEFAULTS.udp_burst,
+        udp_burst=values["udp-burst"],
     )
     return echo_service(
         reactor,
@@ -47,9 +48,16 @@ def build_echo(values: Values, reactor: Any) -> IService:
     )
 
 
+def _burst(text: str) -> float:
+    value = float(text)
+    if not value >= 1:
+        raise ValueError(f"{text} is less than one datagram")
+    return value
+
+
 def _check(values: Values) -> None:
     if values["no-tcp"] and values["no-udp"]:
-        raise usage.UsageError("--no-tcp and --no-udp together leave nothing to run")
+        raise usage.UsageError("switching off both TCP and UDP leaves no echo to run")
 
 
 ECHO_SPEC = ServiceSpec(
@@ -75,9 +83,12 @@ ECHO_SPEC = ServiceSpec(
             "max-connections",
             _DEFAULTS.max_connections,
             "Most TCP connections at once (0: no limit).",
-            int,
+            non_negative_int,
         ),
-        Param("max-per-peer", 0, "Most TCP connections from one address (0: no limit).", int),
+        Param(
+            "max-per-peer", 0, "Most TCP connections from one address (0: no limit).",
+            non_negative_int,
+        ),
         Param(
             "idle-timeout",
             0.0,
@@ -93,8 +104,8 @@ ECHO_SPEC = ServiceSpec(
         Param(
             "udp-burst",
             _DEFAULTS.udp_burst,
-            "UDP datagrams a source may send at once before its rate applies.",
-            non_negative_float,
+            "UDP datagrams a source may send at once before its rate applies (at least 1).",
+            _burst,
         ),
     ],
     flags=[Flag("no-tcp", "Do not serve TCP echo."), Flag("no-udp", "Do not serve UDP echo.")],

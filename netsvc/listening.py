@@ -8,8 +8,9 @@ only calls ``startService`` gets the socket bound there instead.
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 
-from twisted.application.service import Service
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
@@ -25,6 +26,7 @@ from twisted.python.failure import Failure
 __all__ = [
     "UDP_MAX_PACKET_SIZE",
     "ListenError",
+    "ListenGroup",
     "StartupError",
     "TCPListenService",
     "UDPListenService",
@@ -88,6 +90,44 @@ class ListenError(CannotListenError):
     def explain(self) -> str:
         """One line for humans (see :func:`describe_listen_error`)."""
         return describe_listen_error(self.what, self)
+
+
+class ListenGroup(MultiService):
+    """A group of services that starts all or nothing.
+
+    When one child fails to start (a port is taken, say), the children already started
+    are stopped again before the error propagates, so an embedding application that
+    carries on is not left holding half the ports.
+    """
+
+    def __init__(self) -> None:
+        MultiService.__init__(self)
+
+    def privilegedStartService(self) -> None:
+        self._start_all(lambda child: child.privilegedStartService())
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._start_all(lambda child: child.startService())
+
+    def _start_all(self, start: Callable[[IService], None]) -> None:
+        started: list[IService] = []
+        try:
+            for child in list(self):
+                start(child)
+                started.append(child)
+        except BaseException:
+            self.running = 0
+            for child in reversed(started):
+                child.stopService()
+            raise
+
+    def addService(self, service: IService) -> None:
+        MultiService.addService(self, service)
+
+    def stopService(self) -> Deferred[None] | None:
+        result: Deferred[None] | None = MultiService.stopService(self)
+        return result
 
 
 class _ListenService(Service):

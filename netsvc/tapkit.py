@@ -81,6 +81,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """Parse a whole number of at least zero (0 usually means "no limit")."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"{text} is negative")
+    return value
+
+
 def port_number(text: str) -> int:
     """Parse a TCP/UDP port number (0 lets the system choose)."""
     value = int(text)

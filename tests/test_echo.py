@@ -66,6 +66,24 @@ def test_tcp_per_peer_cap_counts_each_address() -> None:
     assert factory.per_peer == {"192.0.2.1": 1, "192.0.2.2": 1}
 
 
+@pytest.mark.parametrize("phase", [0.01, 1.0, 2.5, 4.99])
+def test_tcp_idle_timeout_closes_after_one_to_one_and_a_half_timeouts(phase: float) -> None:
+    clock = Clock()
+    factory = TCPEchoFactory(clock, EchoLimits(idle_timeout=10))
+    factory.startFactory()
+    try:
+        clock.advance(20 + phase)  # the last data arrives ``phase`` after a sweep
+        protocol, transport = connect(factory)
+        protocol.dataReceived(b"x")
+        silent = 0.0
+        while not transport.disconnecting and silent < 30:
+            clock.advance(0.01)
+            silent += 0.01
+        assert 10 - 1e-6 <= silent <= 15 + 0.02
+    finally:
+        factory.stopFactory()
+
+
 def test_tcp_idle_timeout_closes_only_silent_connections() -> None:
     clock = Clock()
     factory = TCPEchoFactory(clock, EchoLimits(idle_timeout=10))

@@ -8,6 +8,7 @@ import subprocess
 from typing import Any
 
 import pytest
+import pytest_twisted
 from twisted.application.service import IServiceCollection
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
@@ -77,6 +78,9 @@ def test_echo_tcp_endpoint_overrides_and_switches() -> None:
         ["--idle-timeout", "-1"],
         ["--udp-rate", "nan"],
         ["--no-tcp", "--no-udp"],
+        ["--max-connections", "-1"],
+        ["--max-per-peer", "-1"],
+        ["--udp-burst", "0.5"],
     ],
 )
 def test_echo_bad_options_are_usage_errors(args: list[str]) -> None:
@@ -197,3 +201,21 @@ def test_twistd_runs_echo_end_to_end(tmp_path: Any) -> None:
             udp.sendto(b"pong", ("127.0.0.1", port))
             assert udp.recvfrom(10)[0] == b"pong"
     assert REPO.exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_bind_releases_the_ports_already_bound() -> None:
+    from twisted.internet import reactor, task
+
+    from netsvc.echo import echo_service
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]  # UDP taken, TCP free: TCP binds first, then UDP fails
+        service = echo_service(reactor, port=port, interface="127.0.0.1")
+        with pytest.raises(CannotListenError):
+            service.privilegedStartService()
+        await task.deferLater(reactor, 0.05, lambda: None)  # Twisted closes ports a turn later
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))  # would fail if the TCP port were still held
+        assert not service.running
