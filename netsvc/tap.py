@@ -11,8 +11,9 @@ from twisted.python import usage
 
 from netsvc.echo_tap import ECHO_SPEC
 from netsvc.tapkit import ServiceSpec, make_suite_service, suite_options
+from netsvc.tftp_tap import TFTP_SPEC
 
-SERVICES: list[ServiceSpec] = [ECHO_SPEC]
+SERVICES: list[ServiceSpec] = [ECHO_SPEC, TFTP_SPEC]
 
 Options = suite_options(SERVICES)
 

@@ -264,8 +264,9 @@ class BlockSender(_Engine):
         # an ACK for a retransmitted block cannot be timed (Karn's rule).
         self._sent_at: list[float] = []
         if preamble is not None:
-            self._window.append(preamble)
-        self._fill_window()
+            self._window.append(preamble)  # alone: data waits for its ACK 0
+        else:
+            self._fill_window()
         self._transmit(now)
 
     def _fill_window(self) -> None:
@@ -307,6 +308,10 @@ class BlockSender(_Engine):
                 return
             if opcode == 5:
                 self._peer_error(datagram, now)
+                return
+            if opcode == 6:
+                # A client's upload: the server repeated its OACK, i.e. its "ACK 0".
+                self.on_ack(0, now)
                 return
         self._illegal("expected ACK", now)
 
@@ -465,6 +470,11 @@ class BlockReceiver(_Engine):
                 return
             if opcode == 5:
                 self._peer_error(datagram, now)
+                return
+            if opcode == 6:
+                # A client's download: the server repeated its OACK, so our ACK 0 was lost.
+                if self.stats.blocks == 0 and self._last_ack:
+                    self.send(self._last_ack)
                 return
         self._illegal("expected DATA", now)
 

@@ -7,7 +7,10 @@ time would slow every `twistd` invocation and break `twistd --reactor=...`.
 from twisted.application.service import ServiceMaker
 
 netsvc = ServiceMaker(
-    "netsvc", "netsvc.tap", "The netsvc suite: echo (and more) in one process.", "netsvc"
+    "netsvc", "netsvc.tap", "The netsvc suite: echo and TFTP in one process.", "netsvc"
+)
+netsvc_tftp = ServiceMaker(
+    "netsvc-tftp", "netsvc.tftp_tap", "TFTP server (RFC 1350 + options).", "netsvc-tftp"
 )
 netsvc_echo = ServiceMaker(
     "netsvc-echo", "netsvc.echo_tap", "RFC 862 echo over TCP and UDP.", "netsvc-echo"

@@ -1,0 +1,395 @@
+"""TFTP client: :func:`download` and :func:`upload`, on the same engine as the server.
+
+Both return a Deferred that fires with a :class:`TransferResult` or fails with a
+:class:`TFTPError` (the server's ERROR, a timeout, a protocol violation or a local
+storage error). The caller supplies the reactor, and a writer (download) or reader
+(upload) with the backend interfaces of :mod:`netsvc.tftp.backend`: ``MemoryWriter`` and
+``BytesReader`` for memory, :func:`netsvc.tftp.localfile.open_local_writer` for a file
+that appears only once complete, or anything of your own.
+
+Behaviour: options are requested and whatever the server grants (no more than asked) is
+used; an OACK granting more, or an option that was not requested, is answered with ERROR
+8; a server that answers ERROR 8 or ignores the options gets one plain retry (or just
+works with the defaults). The first reply fixes the server's transfer port; datagrams
+from any other address or port get ERROR 5 and change nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from contextlib import suppress
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+
+from netsvc.listening import UDP_MAX_PACKET_SIZE
+from netsvc.tftp.backend import BackendError
+from netsvc.tftp.engine import BlockReceiver, BlockSender, RetransmitTimer, encode_error
+from netsvc.tftp.options import Negotiated, OptionNegotiationError, check_oack, request_options
+from netsvc.tftp.packets import (
+    RRQ,
+    WRQ,
+    ErrorCode,
+    Mode,
+    TFTPProtocolError,
+    encode_ack,
+    parse,
+)
+from netsvc.tftp.session import EngineSession
+from netsvc.tftp.textmode import NetasciiReader, NetasciiWriter
+
+__all__ = ["TFTPError", "TransferResult", "download", "resolve", "upload"]
+
+TFTP_PORT = 69
+
+
+class TFTPError(Exception):
+    """A transfer failed. ``code`` is the TFTP error code (from the server, or ours);
+    ``timed_out`` tells a silent server from one that answered with an error;
+    ``remote`` whether the server sent the ERROR."""
+
+    def __init__(
+        self, code: int, message: str, *, remote: bool = False, timed_out: bool = False
+    ) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+        self.remote = remote
+        self.timed_out = timed_out
+
+    def __str__(self) -> str:
+        if self.timed_out:
+            return self.message
+        origin = "server" if self.remote else "local"
+        return f"{self.message} ({origin} error {self.code})"
+
+
+@attrs.frozen
+class TransferResult:
+    """What a finished transfer did."""
+
+    bytes: int
+    duration: float
+    options: Negotiated
+    retransmits: int
+    server: tuple[str, int]
+
+
+def resolve(host: str, port: int, family: int = socket.AF_UNSPEC) -> tuple[str, int]:
+    """The (address, port) to send to; names are looked up (blocking, like the CLI wants)."""
+    with suppress(ValueError):
+        literal = ipaddress.ip_address(host)
+        if family == socket.AF_INET6 and literal.version == 4:
+            return (f"::ffff:{literal}", port)
+        return (str(literal), port)
+    infos = socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)
+    address = infos[0][4]
+    return (str(address[0]), port)
+
+
+class _ClientSession(EngineSession):
+    """One client transfer: request, first reply, engine, result."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        server: tuple[str, int],
+        request: RRQ | WRQ,
+        storage: Any,
+        *,
+        timer: RetransmitTimer,
+        give_up_after: float,
+        max_size: int | None,
+    ) -> None:
+        super().__init__(reactor)
+        self.server = server
+        self.request = request
+        self.options_requested = request.options
+        self.storage = storage
+        self.timer = timer
+        self.give_up_after = give_up_after
+        self.max_size = max_size
+        self.result: Deferred[TransferResult] = Deferred()
+        self.negotiated: Negotiated | None = None
+        self._started = reactor.seconds()
+        self._request_timer: IDelayedCall | None = None
+        self._request_retransmits = -1  # the first send is not a retransmission
+        self._error: TFTPError | None = None
+        self._reported = False
+
+    # -- request phase ------------------------------------------------------------------
+
+    def start(self) -> None:
+        interface = "::" if ":" in self.server[0] else ""
+        self.port = self.reactor.listenUDP(0, self, interface, UDP_MAX_PACKET_SIZE)
+        self._send_request()
+
+    def _send_request(self) -> None:
+        self._request_timer = None
+        if self.reactor.seconds() - self._started >= self.give_up_after:
+            self._fail(TFTPError(0, "no answer from the server", timed_out=True))
+            return
+        with suppress(OSError):
+            self.port.write(self.request.encode(), self.server)  # type: ignore[union-attr]
+        self._request_retransmits += 1
+        delay = self.timer.rto
+        self.timer.timed_out()
+        self._request_timer = self.reactor.callLater(delay, self._send_request)
+
+    def _stop_requesting(self) -> None:
+        if self._request_timer is not None and self._request_timer.active():
+            self._request_timer.cancel()
+        self._request_timer = None
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        if self.peer is None:
+            if addr[0] != self.server[0]:
+                self.stranger(datagram, addr)
+                return
+            self._first_reply(datagram, addr)
+            return
+        super().datagramReceived(datagram, addr)
+        self._maybe_report()
+
+    def _first_reply(self, datagram: bytes, addr: Any) -> None:
+        try:
+            packet = parse(datagram)
+        except TFTPProtocolError:
+            return  # junk from the server's address: keep waiting
+        opcode = packet.opcode
+        if opcode == 5:  # ERROR
+            self._stop_requesting()
+            code, message = packet.code, packet.message  # type: ignore[union-attr]
+            if code == ErrorCode.OPTION_NEGOTIATION and self.request.options:
+                self._retry_without_options()
+                return
+            self._fail(TFTPError(code, message or "error", remote=True))
+            return
+        is_read = self.request.is_read
+        expected_plain = 3 if is_read else 4
+        if opcode not in (6, expected_plain):
+            return  # not an answer to our request (a stray ACK, say)
+        if opcode == 4 and packet.block != 0:  # type: ignore[union-attr]
+            return
+        if opcode == 3 and packet.block != 1:  # type: ignore[union-attr]
+            return
+        self._stop_requesting()
+        self.peer = (addr[0], addr[1])  # lock onto the server's transfer port (its TID)
+        if opcode == 6:
+            if not self.options_requested:
+                self._abort_now(ErrorCode.OPTION_NEGOTIATION, "unexpected OACK")
+                return
+            try:
+                negotiated = check_oack(
+                    self.options_requested,
+                    packet.options,  # type: ignore[union-attr]
+                    max_tsize=self.max_size if is_read else None,
+                )
+            except OptionNegotiationError as error:
+                self._abort_now(error.code, error.reason)
+                return
+        else:
+            negotiated = Negotiated()  # the server ignored our options: RFC 1350 defaults
+        self.negotiated = negotiated
+        self._start_engine(negotiated, datagram if opcode == 3 else None)
+
+    def _retry_without_options(self) -> None:
+        request = self.request
+        self.request = type(request)(request.filename, request.mode)
+        self.options_requested = ()
+        self._send_request()
+
+    def _start_engine(self, negotiated: Negotiated, first_data: bytes | None) -> None:
+        now = self.reactor.seconds()
+        timer = RetransmitTimer(
+            initial=self.timer.initial,
+            minimum=self.timer.minimum,
+            maximum=min(self.timer.maximum, float(negotiated.timeout or self.timer.maximum)),
+        )
+        text = self.request.mode is Mode.NETASCII
+        if self.request.is_read:
+            self.writer = NetasciiWriter(self.storage) if text else self.storage
+            self.engine = BlockReceiver(
+                self.send_to_peer,
+                self.engine_write,
+                now=now,
+                preamble=None if first_data is not None else encode_ack(0),
+                blksize=negotiated.blksize,
+                windowsize=negotiated.windowsize,
+                timer=timer,
+                give_up_after=self.give_up_after,
+                dally=min(2.0, timer.maximum),
+                max_bytes=self.max_size,
+            )
+            if first_data is not None:
+                self.engine.on_datagram(first_data, now)
+        else:
+            self.reader = NetasciiReader(self.storage) if text else self.storage
+            self.engine = BlockSender(
+                self.send_to_peer,
+                self.engine_read,
+                now=now,
+                blksize=negotiated.blksize,
+                windowsize=negotiated.windowsize,
+                timer=timer,
+                give_up_after=self.give_up_after,
+            )
+        self.after_event()
+        self._maybe_report()
+
+    # -- outcome ------------------------------------------------------------------------
+
+    def _abort_now(self, code: int, message: str) -> None:
+        self.send_to_peer(encode_error(code, message))
+        self._fail(TFTPError(code, message))
+
+    def _fail(self, error: TFTPError) -> None:
+        self._error = error
+        self._stop_requesting()
+        if not self.finished:
+            self.end()
+        self._report()
+
+    def _maybe_report(self) -> None:
+        # A download is done once its last block is committed and acknowledged, even
+        # though the session dallies on to re-acknowledge a retransmitted last block.
+        if self.succeeded:
+            self._report()
+
+    def session_ended(self) -> None:
+        self._stop_requesting()
+        self._report()
+
+    def _report(self) -> None:
+        if self._reported:
+            return
+        engine = self.engine
+        if self._error is None and not self.succeeded:
+            if engine is None:
+                self._error = TFTPError(0, "transfer abandoned")
+            else:
+                stats = engine.stats
+                self._error = TFTPError(
+                    stats.error_code if stats.error_code is not None else 0,
+                    stats.error_message or "transfer failed",
+                    remote=engine.outcome is not None and engine.outcome.value == "peer-error",
+                    timed_out=engine.outcome is not None and engine.outcome.value == "timed-out",
+                )
+        if self._error is None and self.engine is not None and self.negotiated is not None:
+            self._reported = True
+            stats = self.engine.stats
+            assert self.peer is not None
+            self.result.callback(
+                TransferResult(
+                    bytes=stats.bytes,
+                    duration=self.reactor.seconds() - self._started,
+                    options=self.negotiated,
+                    retransmits=stats.retransmits + self._request_retransmits,
+                    server=self.peer,
+                )
+            )
+            return
+        if self._error is not None:
+            self._reported = True
+            self.result.errback(self._error)
+
+    def end(self) -> None:
+        if self.engine is None and self.storage is not None:
+            # The transfer never started, so the session does not own the storage yet.
+            with suppress(BackendError, OSError):
+                if self.request.is_read:
+                    self.storage.abort()
+                else:
+                    self.storage.close()
+        super().end()
+
+
+def _start(
+    reactor: Any,
+    host: str,
+    port: int,
+    request: RRQ | WRQ,
+    storage: Any,
+    *,
+    timeout: float,
+    give_up_after: float,
+    max_size: int | None,
+) -> Deferred[TransferResult]:
+    session = _ClientSession(
+        reactor,
+        resolve(host, port),
+        request,
+        storage,
+        timer=RetransmitTimer(initial=min(1.0, timeout), minimum=0.005, maximum=timeout),
+        give_up_after=give_up_after,
+        max_size=max_size,
+    )
+    session.start()
+    return session.result
+
+
+def _options(
+    blksize: int | None, windowsize: int | None, timeout: int | None, tsize: int | None
+) -> tuple[tuple[str, str], ...]:
+    return request_options(blksize=blksize, windowsize=windowsize, timeout=timeout, tsize=tsize)
+
+
+def download(
+    reactor: Any,
+    host: str,
+    remote: str,
+    writer: Any,
+    *,
+    port: int = TFTP_PORT,
+    mode: Mode = Mode.OCTET,
+    blksize: int | None = None,
+    windowsize: int | None = None,
+    timeout: int | None = None,
+    tsize: bool = True,
+    options: bool = True,
+    max_size: int | None = None,
+    give_up_after: float = 30.0,
+) -> Deferred[TransferResult]:
+    """Fetch ``remote`` from ``host`` into ``writer`` (an ``IWriter``).
+
+    ``blksize``/``windowsize``/``timeout`` are requested when given; ``tsize`` asks for
+    the size so that a file larger than ``max_size`` is refused before it is sent.
+    ``options=False`` sends a plain RFC 1350 request. ``timeout`` (seconds, 1-255) is both
+    the option sent and the longest wait between retransmissions.
+    """
+    requested = (
+        _options(blksize, windowsize, timeout, 0 if tsize else None) if options else ()
+    )
+    request = RRQ(remote, mode, requested)
+    return _start(
+        reactor, host, port, request, writer, timeout=float(timeout or 2),
+        give_up_after=give_up_after, max_size=max_size,
+    )
+
+
+def upload(
+    reactor: Any,
+    host: str,
+    remote: str,
+    reader: Any,
+    *,
+    port: int = TFTP_PORT,
+    mode: Mode = Mode.OCTET,
+    blksize: int | None = None,
+    windowsize: int | None = None,
+    timeout: int | None = None,
+    tsize: bool = True,
+    options: bool = True,
+    give_up_after: float = 30.0,
+) -> Deferred[TransferResult]:
+    """Send ``reader`` (an ``IReader``; its ``size`` becomes the tsize option) as ``remote``."""
+    size = getattr(reader, "size", None) if tsize and mode is Mode.OCTET else None
+    requested = _options(blksize, windowsize, timeout, size) if options else ()
+    request = WRQ(remote, mode, requested)
+    return _start(
+        reactor, host, port, request, reader, timeout=float(timeout or 2),
+        give_up_after=give_up_after, max_size=None,
+    )

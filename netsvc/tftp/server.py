@@ -1,0 +1,417 @@
+"""TFTP server: a thin Twisted adapter over the sans-I/O engine and a storage backend.
+
+The listener (:class:`TFTPServer`) only parses requests and decides whether to start a
+transfer: it stays silent on junk, rate-limits each source, caps sessions, and never
+answers one datagram with more than one packet. Each transfer (:class:`Transfer`) gets
+its own ephemeral socket (its TID), translates datagrams and one timer into engine
+events, and connects the engine to the backend's reader or writer. One structured log
+event is emitted per transfer; nothing is logged per packet.
+"""
+
+from __future__ import annotations
+
+import random
+from contextlib import suppress
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from netsvc.echo import is_unanswerable_source
+from netsvc.listening import UDP_MAX_PACKET_SIZE, ListenGroup, UDPListenService
+from netsvc.ratelimit import NEVER, PerKeyRateLimiter
+from netsvc.tftp.backend import BackendError, IBackend, RequestContext
+from netsvc.tftp.engine import BlockReceiver, BlockSender, Outcome, RetransmitTimer, encode_error
+from netsvc.tftp.options import Negotiated, OptionNegotiationError, ServerOptionPolicy, negotiate
+from netsvc.tftp.packets import (
+    OACK,
+    RRQ,
+    WRQ,
+    ErrorCode,
+    Mode,
+    Request,
+    TFTPProtocolError,
+    encode_ack,
+    parse,
+)
+from netsvc.tftp.session import EngineSession
+from netsvc.tftp.textmode import NetasciiReader, NetasciiWriter
+
+__all__ = ["TFTP_PORT", "TFTPServer", "TFTPServerLimits", "Transfer", "tftp_service"]
+
+TFTP_PORT = 69
+DEFAULT_POLICY = ServerOptionPolicy()
+
+
+@attrs.frozen
+class TFTPServerLimits:
+    """Guards and timers of a TFTP server. ``None`` switches a limit off."""
+
+    #: Transfers running at once; further requests get ERROR 0 "server busy".
+    max_sessions: int | None = 1000
+    #: Transfers running at once for one client address.
+    max_sessions_per_client: int | None = 32
+    #: Requests accepted per second from one source address (and the burst above it).
+    request_rate: float | None = 50.0
+    request_burst: float = 100.0
+    #: A transfer that makes no progress for this long ends (idle timeout).
+    idle_timeout: float = 30.0
+    #: A transfer that runs longer than this ends, whatever its progress.
+    max_duration: float | None = 6 * 3600.0
+    #: Retransmissions before the client has answered once (it may be a spoofed address).
+    first_contact_retries: int = 4
+    #: After the final ACK of an upload, stay this long to re-ACK a retransmitted last
+    #: block (if that ACK is lost, the client can only learn of success this way): long
+    #: enough for a few of the client's retransmissions.
+    dally: float = 5.0
+    #: Retransmission timer: initial value, floor and ceiling (seconds).
+    initial_rto: float = 1.0
+    min_rto: float = 0.005
+    max_rto: float = 2.0
+    #: Ephemeral ports for transfers (inclusive range), or ``None`` for any.
+    port_range: tuple[int, int] | None = None
+
+    def timer_for(self, timeout_option: int | None) -> RetransmitTimer:
+        """A retransmission timer for one transfer.
+
+        A negotiated ``timeout`` option (RFC 2349) is the client's retransmission interval:
+        ours adapts below it, from measured round trips, but never waits longer.
+        """
+        maximum = self.max_rto
+        if timeout_option is not None:
+            maximum = min(maximum, float(timeout_option))
+        return RetransmitTimer(
+            initial=min(self.initial_rto, maximum),
+            minimum=min(self.min_rto, maximum),
+            maximum=maximum,
+        )
+
+    def __attrs_post_init__(self) -> None:
+        if self.port_range is not None:
+            low, high = self.port_range
+            if not 1 <= low <= high <= 65535:
+                raise ValueError(f"bad port range {low}-{high}")
+        if not 0 < self.min_rto <= self.max_rto:
+            raise ValueError("need 0 < min_rto <= max_rto")
+
+
+def _peer_key(addr: Any) -> tuple[str, int]:
+    return (addr[0], addr[1])
+
+
+class TFTPServer(DatagramProtocol):
+    """The listening socket: validates requests and starts :class:`Transfer` sessions."""
+
+    noisy = False
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        backend: IBackend,
+        *,
+        policy: ServerOptionPolicy = DEFAULT_POLICY,
+        limits: TFTPServerLimits = TFTPServerLimits(),
+        interface: str = "",
+    ) -> None:
+        self.reactor = reactor
+        self.backend = backend
+        self.policy = policy
+        self.limits = limits
+        #: Address transfer sockets bind to: the listener's, so replies come from the
+        #: address the client talked to whenever the listener is bound to one.
+        self.interface = interface
+        self.transfers: dict[tuple[str, int], Transfer] = {}
+        self.per_client: dict[str, int] = {}
+        self.requests: PerKeyRateLimiter[str] = PerKeyRateLimiter(
+            limits.request_rate,
+            limits.request_burst,
+            reactor.seconds,
+            classify=lambda host: NEVER if is_unanswerable_source(host) else None,
+        )
+        self.counters = {"requests": 0, "ignored": 0, "refused": 0, "busy": 0}
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        key = _peer_key(addr)
+        if key in self.transfers:
+            return  # a retransmitted request: its transfer is already answering
+        # Only RRQ/WRQ belong here; anything else gets silence (no reflection, no loops).
+        if len(datagram) < 4 or datagram[0] != 0 or datagram[1] not in (1, 2) or addr[1] == 0:
+            self.counters["ignored"] += 1
+            return
+        if not self.requests.allow(addr[0]):
+            self.counters["ignored"] += 1
+            return
+        self.counters["requests"] += 1
+        try:
+            request = parse(datagram)
+        except TFTPProtocolError as error:
+            self._refuse(addr, error.code, error.reason)
+            return
+        assert isinstance(request, RRQ | WRQ)  # the opcode was checked above
+        if request.mode is Mode.MAIL:
+            self._refuse(addr, ErrorCode.ILLEGAL_OPERATION, "mail mode is not supported")
+            return
+        limits = self.limits
+        host = addr[0]
+        if (limits.max_sessions is not None and len(self.transfers) >= limits.max_sessions) or (
+            limits.max_sessions_per_client is not None
+            and self.per_client.get(host, 0) >= limits.max_sessions_per_client
+        ):
+            self.counters["busy"] += 1
+            self._refuse(addr, ErrorCode.NOT_DEFINED, "server busy, try again later")
+            return
+        transfer = Transfer(self, request, addr)
+        self.transfers[key] = transfer
+        self.per_client[host] = self.per_client.get(host, 0) + 1
+        transfer.start()
+
+    def _refuse(self, addr: Any, code: int, message: str) -> None:
+        self.counters["refused"] += 1
+        with suppress(OSError):
+            self.transport.write(encode_error(code, message), addr)  # type: ignore[union-attr]
+
+    def transfer_ended(self, transfer: Transfer) -> None:
+        """Forget a finished transfer (called by the transfer)."""
+        if self.transfers.get(transfer.key) is transfer:
+            del self.transfers[transfer.key]
+            host = transfer.key[0]
+            remaining = self.per_client.get(host, 1) - 1
+            if remaining > 0:
+                self.per_client[host] = remaining
+            else:
+                self.per_client.pop(host, None)
+
+    def shutdown(self) -> None:
+        """Abort every transfer (the peers get ERROR 0; partial uploads are discarded)."""
+        for transfer in list(self.transfers.values()):
+            transfer.abort(ErrorCode.NOT_DEFINED, "server shutting down")
+
+
+class Transfer(EngineSession):
+    """One RRQ or WRQ on its own socket (its TID), from request to log event."""
+
+    def __init__(self, server: TFTPServer, request: Request, addr: Any) -> None:
+        super().__init__(server.reactor)
+        self.server = server
+        self.request = request
+        self.peer = self.key = _peer_key(addr)
+        self.negotiated: Negotiated | None = None
+        self._duration_timer: IDelayedCall | None = None
+        self._started = self.reactor.seconds()
+        self._rejected: tuple[int, str] | None = None
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open a port, open the file, negotiate options and start the engine."""
+        try:
+            self.port = self._listen()
+        except CannotListenError as error:
+            self.log.error("tftp: no port for a transfer: {error}", error=error)
+            self.end()
+            return
+        limits = self.server.limits
+        if limits.max_duration is not None:
+            self._duration_timer = self.reactor.callLater(limits.max_duration, self._too_long)
+        request = self.request
+        host = self.port.getHost()
+        context = RequestContext.from_request(
+            request, self.key, (getattr(host, "host", ""), getattr(host, "port", 0))
+        )
+        if request.is_read:
+            opened = maybeDeferred(self.server.backend.open_read, context)
+            opened.addCallback(self._start_sending)
+        else:
+            try:
+                self.negotiated = negotiate(
+                    request.options, self.server.policy, is_read=False, tsize=None
+                )
+            except OptionNegotiationError as error:
+                self._reject(error.code, error.reason)
+                return
+            opened = maybeDeferred(
+                self.server.backend.open_write,  # type: ignore[call-overload]
+                context,
+                self.negotiated.tsize,
+            )
+            opened.addCallback(self._start_receiving)
+        opened.addErrback(self._setup_failed)
+
+    def _listen(self) -> IListeningPort:
+        server = self.server
+        port_range = server.limits.port_range
+        listen = self.reactor.listenUDP
+        if port_range is None:
+            port: IListeningPort = listen(0, self, server.interface, UDP_MAX_PACKET_SIZE)
+            return port
+        low, high = port_range
+        candidates = list(range(low, high + 1))
+        random.shuffle(candidates)
+        for number in candidates[:64]:
+            try:
+                port = listen(number, self, server.interface, UDP_MAX_PACKET_SIZE)
+            except CannotListenError:
+                continue
+            return port
+        raise CannotListenError(server.interface, low, OSError("transfer port range exhausted"))
+
+    def _start_sending(self, reader: Any) -> None:
+        if self.finished:
+            reader.close()
+            return
+        request = self.request
+        text = request.mode is Mode.NETASCII
+        try:
+            negotiated = negotiate(
+                request.options, self.server.policy, is_read=True,
+                tsize=None if text else reader.size,
+            )
+        except OptionNegotiationError as error:
+            reader.close()
+            self._reject(error.code, error.reason)
+            return
+        self.negotiated = negotiated
+        self.reader = NetasciiReader(reader) if text else reader
+        limits = self.server.limits
+        self.engine = BlockSender(
+            self.send_to_peer,
+            self.engine_read,
+            now=self.reactor.seconds(),
+            blksize=negotiated.blksize,
+            windowsize=negotiated.windowsize,
+            timer=limits.timer_for(negotiated.timeout),
+            preamble=OACK(negotiated.oack_items()).encode() if negotiated.granted else None,
+            give_up_after=limits.idle_timeout,
+            first_contact_retries=limits.first_contact_retries,
+        )
+        self.after_event()
+
+    def _start_receiving(self, writer: Any) -> None:
+        if self.finished:
+            writer.abort()
+            return
+        negotiated = self.negotiated
+        assert negotiated is not None
+        self.writer = NetasciiWriter(writer) if self.request.mode is Mode.NETASCII else writer
+        limits = self.server.limits
+        self.engine = BlockReceiver(
+            self.send_to_peer,
+            self.engine_write,
+            now=self.reactor.seconds(),
+            preamble=(
+                OACK(negotiated.oack_items()).encode() if negotiated.granted else encode_ack(0)
+            ),
+            blksize=negotiated.blksize,
+            windowsize=negotiated.windowsize,
+            timer=limits.timer_for(negotiated.timeout),
+            give_up_after=limits.idle_timeout,
+            first_contact_retries=limits.first_contact_retries,
+            dally=limits.dally,
+        )
+        self.after_event()
+
+    def _setup_failed(self, failure: Failure) -> None:
+        error = failure.value
+        if isinstance(error, BackendError):
+            self._reject(error.code, error.message)
+        else:
+            self.log.failure(
+                "tftp: backend failed to open {name!r}", failure, name=self.request.filename
+            )
+            self._reject(ErrorCode.NOT_DEFINED, "internal server error")
+
+    def _reject(self, code: int, message: str) -> None:
+        """Refuse the request from the transfer's own port (its TID), then end."""
+        self._rejected = (code, message)
+        self.send_to_peer(encode_error(code, message))
+        self.end()
+
+    def _too_long(self) -> None:
+        self._duration_timer = None
+        self.abort(ErrorCode.NOT_DEFINED, "transfer exceeded the server's time limit")
+
+    # -- teardown -----------------------------------------------------------------------
+
+    def session_ended(self) -> None:
+        if self._duration_timer is not None and self._duration_timer.active():
+            self._duration_timer.cancel()
+        self._duration_timer = None
+        self.server.transfer_ended(self)
+        self._log_outcome()
+
+    def _size_probe(self, engine: BlockSender | BlockReceiver) -> bool:
+        return (
+            isinstance(engine, BlockSender)
+            and engine.outcome is Outcome.PEER_ERROR
+            and engine.stats.error_code == ErrorCode.OPTION_NEGOTIATION
+            and engine.stats.blocks == 0
+            and self.negotiated is not None
+            and bool(self.negotiated.granted)
+        )
+
+    def _log_outcome(self) -> None:
+        engine = self.engine
+        if engine is None:
+            code, message = self._rejected or (None, "")
+            outcome = "refused"
+            stats: dict[str, Any] = {"bytes": 0, "retransmits": 0}
+        elif self.succeeded:
+            outcome = "complete"
+        elif self._size_probe(engine):
+            # The client read our OACK (typically tsize) and ended with ERROR 8 on purpose,
+            # as UEFI firmware does to learn a file's size: a normal end, not a failure.
+            outcome = "size-probe"
+        else:
+            outcome = engine.outcome.value if engine.outcome else "aborted"
+        if engine is not None:
+            code, message = engine.stats.error_code, engine.stats.error_message
+            stats = {"bytes": engine.stats.bytes, "retransmits": engine.stats.retransmits}
+        negotiated = self.negotiated
+        self.log.info(
+            "tftp {direction} {filename!r} {peer}: {outcome}, {bytes} bytes in {duration:.3f}s",
+            direction="read" if self.request.is_read else "write",
+            filename=self.request.filename,
+            peer=f"{self.key[0]}:{self.key[1]}",
+            mode=self.request.mode.value,
+            options=dict(negotiated.oack_items()) if negotiated else {},
+            outcome=outcome,
+            error_code=code,
+            error_message=message,
+            duration=self.reactor.seconds() - self._started,
+            **stats,
+        )
+
+
+class _TFTPService(ListenGroup):
+    """The listening service plus a clean shutdown of running transfers."""
+
+    def __init__(self, server: TFTPServer) -> None:
+        ListenGroup.__init__(self)
+        self.server = server
+
+    def stopService(self) -> Deferred[None] | None:
+        self.server.shutdown()
+        result: Deferred[None] | None = ListenGroup.stopService(self)
+        return result
+
+
+def tftp_service(
+    reactor: Any,
+    backend: IBackend,
+    *,
+    port: int = TFTP_PORT,
+    interface: str = "",
+    policy: ServerOptionPolicy = DEFAULT_POLICY,
+    limits: TFTPServerLimits = TFTPServerLimits(),
+) -> ListenGroup:
+    """A service serving ``backend`` over TFTP on ``interface``:``port``."""
+    server = TFTPServer(reactor, backend, policy=policy, limits=limits, interface=interface)
+    service = _TFTPService(server)
+    service.addService(UDPListenService(reactor, port, server, interface, what="TFTP"))
+    return service

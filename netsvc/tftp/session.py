@@ -1,0 +1,252 @@
+"""The Twisted side of one transfer, shared by the server and the client.
+
+:class:`EngineSession` owns a UDP port, a sans-I/O engine and the reader or writer it
+feeds: it turns datagrams and one lazily re-armed timer into engine events, hands the
+engine's reads and writes to the (possibly asynchronous) reader/writer, and makes sure
+the final block of an upload is acknowledged only after the writer committed it.
+Subclasses (the server's transfer, the client) decide how the session starts and what
+happens when it ends (:meth:`EngineSession.session_ended`).
+"""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from netsvc.tftp.backend import BackendError
+from netsvc.tftp.engine import BlockReceiver, BlockSender, Outcome, encode_error
+from netsvc.tftp.packets import ErrorCode
+
+__all__ = ["EngineSession"]
+
+
+class EngineSession(DatagramProtocol):
+    """Drives a :class:`BlockSender` or :class:`BlockReceiver` over a Twisted UDP port."""
+
+    noisy = False
+    log = Logger()
+
+    #: The peer's (host, port): datagrams from anywhere else get ERROR 5.
+    peer: tuple[str, int] | None = None
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.engine: BlockSender | BlockReceiver | None = None
+        self.reader: Any = None
+        self.writer: Any = None
+        self.port: IListeningPort | None = None
+        self.committed = False
+        self.finished = False
+        self._timer: IDelayedCall | None = None
+        self._timer_at = float("inf")
+        self._in_io_call = False
+        self._completed_inline = False
+        self._pending: bytes | None = None  # a block an asynchronous reader delivered
+        self._reading = False
+
+    # -- sending ------------------------------------------------------------------------
+
+    def send_to_peer(self, datagram: bytes) -> None:
+        """Send a datagram to the peer; a failing send counts as a lost packet."""
+        port, peer = self.port, self.peer
+        if port is None or peer is None:
+            return
+        # EAGAIN, ENOBUFS, EPERM...: a failed send is a lost packet; timers recover.
+        with suppress(OSError):
+            port.write(datagram, peer)  # type: ignore[attr-defined]
+
+    def send_error(self, addr: Any, code: int, message: str) -> None:
+        """Send ERROR to ``addr`` (the peer or a stranger)."""
+        if self.port is None:
+            return
+        with suppress(OSError):
+            self.port.write(encode_error(code, message), addr)  # type: ignore[attr-defined]
+
+    # -- engine callbacks: reading --------------------------------------------------------
+
+    def engine_read(self, size: int) -> bytes | None:
+        """The sender's ``read``: bytes now, or ``None`` while an async read is pending."""
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            return pending
+        if self._reading:
+            return None
+        try:
+            result = self.reader.read(size)
+        except BackendError as error:
+            self.fail_locally(error.code, error.message)
+            return None
+        except OSError as error:
+            self.fail_locally(ErrorCode.NOT_DEFINED, f"read error: {error.strerror}")
+            return None
+        if not isinstance(result, Deferred):
+            return bytes(result)
+        self._reading = True
+        self._in_io_call = True
+        result.addCallbacks(self._read_arrived, self._io_failed)
+        self._in_io_call = False
+        if not self._reading:  # it had already fired
+            pending, self._pending = self._pending, None
+            return pending
+        return None
+
+    def _read_arrived(self, data: bytes) -> None:
+        self._reading = False
+        self._pending = bytes(data)
+        engine = self.engine
+        if not self._in_io_call and isinstance(engine, BlockSender) and not self.finished:
+            engine.resume(self.reactor.seconds())
+            self.after_event()
+
+    # -- engine callbacks: writing --------------------------------------------------------
+
+    def engine_write(self, payload: bytes) -> bool:
+        """The receiver's ``write``: ``True`` when written, ``False`` when it finishes later."""
+        engine = self.engine
+        assert isinstance(engine, BlockReceiver)
+        final = len(payload) < engine.blksize
+        try:
+            result = self.writer.write(payload)
+        except BackendError as error:
+            self.fail_locally(error.code, error.message)
+            return False
+        except OSError as error:
+            self.fail_locally(ErrorCode.DISK_FULL, f"write error: {error.strerror}")
+            return False
+        if result is None and not final:
+            return True
+        # The final block is acknowledged only once the writer has committed the file
+        # (fsync and rename): the last ACK promises the peer that the file is complete.
+        written: Deferred[Any] = maybeDeferred(lambda: result)
+        if final:
+            written.addCallback(lambda _: self._commit())
+        self._completed_inline = False
+        self._in_io_call = True
+        written.addCallbacks(self._write_finished, self._io_failed)
+        self._in_io_call = False
+        return self._completed_inline
+
+    def _commit(self) -> Deferred[None]:
+        committed: Deferred[None] = maybeDeferred(self.writer.commit)
+        return committed.addCallback(self._mark_committed)
+
+    def _mark_committed(self, _: object) -> None:
+        self.committed = True
+
+    def _write_finished(self, _: object) -> None:
+        if self._in_io_call:
+            self._completed_inline = True
+            return
+        engine = self.engine
+        if isinstance(engine, BlockReceiver) and not self.finished:
+            engine.write_done(self.reactor.seconds())
+            self.after_event()
+
+    def _io_failed(self, failure: Failure) -> None:
+        self._reading = False
+        error = failure.value
+        if isinstance(error, BackendError):
+            self.fail_locally(error.code, error.message)
+        else:
+            self.log.failure("tftp: storage I/O failed", failure)
+            self.fail_locally(ErrorCode.NOT_DEFINED, "internal error")
+
+    def fail_locally(self, code: int, message: str) -> None:
+        """Abort the transfer because of a local problem (the peer gets ERROR ``code``)."""
+        if self.engine is not None:
+            self.engine.abort(code, message, self.reactor.seconds())
+        if not self._in_io_call:
+            self.after_event()
+
+    # -- events -------------------------------------------------------------------------
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        peer = self.peer
+        if peer is None or addr[0] != peer[0] or addr[1] != peer[1]:
+            self.stranger(datagram, addr)
+            return
+        engine = self.engine
+        if engine is None:
+            return  # still opening the file: the peer will retransmit
+        engine.on_datagram(datagram, self.reactor.seconds())
+        self.after_event()
+
+    def stranger(self, datagram: bytes, addr: Any) -> None:
+        """A datagram from a wrong TID: tell the sender, leave the transfer alone."""
+        self.send_error(addr, ErrorCode.UNKNOWN_TID, "unknown transfer ID")
+
+    def after_event(self) -> None:
+        """Follow the engine after anything happened: end, or keep the timer in step."""
+        engine = self.engine
+        if engine is None or self.finished:
+            return
+        if engine.outcome is not None:
+            self.end()
+            return
+        deadline = engine.deadline
+        if deadline is None:
+            return
+        # One timer per session, re-armed lazily: per packet only the engine's deadline
+        # moves; a timer that fires before it simply sets itself again.
+        if self._timer is not None:
+            if self._timer_at <= deadline:
+                return
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.reactor.callLater(
+            max(0.0, deadline - self.reactor.seconds()), self._timer_fired
+        )
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        engine = self.engine
+        if engine is not None and not self.finished:
+            engine.on_timeout(self.reactor.seconds())
+            self.after_event()
+
+    def abort(self, code: int, message: str) -> None:
+        """End the transfer now, telling the peer why."""
+        if self.finished:
+            return
+        if self.engine is not None:
+            self.engine.abort(code, message, self.reactor.seconds())
+        else:
+            self.send_to_peer(encode_error(code, message))
+        self.end()
+
+    # -- teardown -----------------------------------------------------------------------
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether every byte got across (an upload counts only once committed)."""
+        engine = self.engine
+        if isinstance(engine, BlockReceiver):
+            return engine.complete and (self.writer is None or self.committed)
+        return engine is not None and engine.outcome is Outcome.COMPLETE
+
+    def end(self) -> None:
+        """Release the timer, the reader/writer and the port; then :meth:`session_ended`."""
+        if self.finished:
+            return
+        self.finished = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.reader is not None:
+            self.reader.close()
+        if self.writer is not None and not self.committed:
+            self.writer.abort()
+        if self.port is not None:
+            self.port.stopListening()
+        self.session_ended()
+
+    def session_ended(self) -> None:
+        """Hook for subclasses: the session is over (see :attr:`succeeded`)."""

@@ -1,0 +1,139 @@
+"""twistd wiring for TFTP: ``twistd -n netsvc-tftp --root DIR`` and ``--tftp-*`` in the suite."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from netsvc.tapkit import (
+    Flag,
+    Param,
+    ServiceSpec,
+    Values,
+    make_standalone_service,
+    non_negative_float,
+    non_negative_int,
+    port_number,
+    positive_int,
+    standalone_options,
+)
+from netsvc.tftp.backend import FilesystemBackend
+from netsvc.tftp.options import ServerOptionPolicy
+from netsvc.tftp.server import TFTP_PORT, TFTPServerLimits, tftp_service
+
+_LIMITS = TFTPServerLimits()
+_POLICY = ServerOptionPolicy()
+
+
+def port_range(text: str) -> tuple[int, int]:
+    """Parse ``LOW-HIGH`` (inclusive) into a tuple."""
+    low, sep, high = text.partition("-")
+    if not sep:
+        raise ValueError(f"{text!r} is not a port range like 50000-50999")
+    values = (port_number(low), port_number(high))
+    if not 1 <= values[0] <= values[1]:
+        raise ValueError(f"{text!r} is not a port range like 50000-50999")
+    return values
+
+
+def _none_if_zero(value: Any) -> Any:
+    return value or None
+
+
+def build_tftp(values: Values, reactor: Any) -> IService:
+    """Build the TFTP service from option values (shared by the plugin and the suite)."""
+    backend = FilesystemBackend(
+        values["root"],
+        writable=values["writable"],
+        overwrite=values["overwrite"],
+        create_dirs=values["create-dirs"],
+        backslash_to_slash=values["backslash"],
+        max_upload_size=_none_if_zero(values["max-upload"]),
+    )
+    policy = ServerOptionPolicy(
+        max_blksize=values["max-blksize"],
+        max_windowsize=values["max-windowsize"],
+        max_tsize=_none_if_zero(values["max-upload"]),
+    )
+    limits = TFTPServerLimits(
+        max_sessions=_none_if_zero(values["max-sessions"]),
+        max_sessions_per_client=_none_if_zero(values["max-per-client"]),
+        request_rate=_none_if_zero(values["request-rate"]),
+        idle_timeout=values["idle-timeout"] or _LIMITS.idle_timeout,
+        max_duration=_none_if_zero(values["max-duration"]),
+        port_range=values["port-range"],
+    )
+    return tftp_service(
+        reactor, backend, port=values["port"], interface=values["interface"], policy=policy,
+        limits=limits,
+    )
+
+
+def _check(values: Values) -> None:
+    if not values["root"]:
+        raise usage.UsageError("--root DIR is required: the directory to serve")
+    if values["overwrite"] and not values["writable"]:
+        raise usage.UsageError("--overwrite needs --writable")
+
+
+TFTP_SPEC = ServiceSpec(
+    name="tftp",
+    description="TFTP (RFC 1350 with blksize, timeout, tsize and windowsize options)",
+    params=[
+        Param("root", None, "Directory to serve (required)."),
+        Param("port", TFTP_PORT, "UDP port (default 69).", port_number, "p"),
+        Param(
+            "interface", "", "Address to listen on; :: for dual-stack (default: all IPv4).",
+            None, "i",
+        ),
+        Param("max-blksize", _POLICY.max_blksize, "Largest blksize granted.", positive_int),
+        Param(
+            "max-windowsize", _POLICY.max_windowsize, "Largest windowsize granted.", positive_int
+        ),
+        Param("max-upload", 0, "Largest upload in bytes (0: no limit).", non_negative_int),
+        Param(
+            "max-sessions", _LIMITS.max_sessions, "Transfers at once (0: no limit).",
+            non_negative_int,
+        ),
+        Param(
+            "max-per-client", _LIMITS.max_sessions_per_client,
+            "Transfers at once per client address (0: no limit).", non_negative_int,
+        ),
+        Param(
+            "request-rate", _LIMITS.request_rate,
+            "Requests per second accepted from one address (0: no limit).", non_negative_float,
+        ),
+        Param(
+            "idle-timeout", _LIMITS.idle_timeout,
+            "Seconds without progress before a transfer is dropped.", non_negative_float,
+        ),
+        Param(
+            "max-duration", _LIMITS.max_duration,
+            "Longest transfer in seconds (0: no limit).", non_negative_float,
+        ),
+        Param(
+            "port-range", None, "Ports for transfers, e.g. 50000-50999 (default: any).",
+            port_range,
+        ),
+    ],
+    flags=[
+        Flag("writable", "Allow uploads that create new files."),
+        Flag("overwrite", "Allow uploads to replace existing files (with --writable)."),
+        Flag("create-dirs", "Create missing directories for uploads (with --writable)."),
+        Flag("backslash", "Treat \\ in file names as a directory separator (Windows clients)."),
+    ],
+    build=build_tftp,
+    check=_check,
+    suite_switch="root",
+)
+
+Options = standalone_options(TFTP_SPEC)
+
+
+def makeService(options: usage.Options) -> IService:
+    """Entry point of ``twistd netsvc-tftp``."""
+    from twisted.internet import reactor  # twistd has installed its reactor by now
+
+    return make_standalone_service(TFTP_SPEC, options, reactor)
