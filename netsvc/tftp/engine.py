@@ -106,15 +106,26 @@ class RetransmitTimer:
 
     def sample(self, rtt: float) -> None:
         """A round trip measured on a block that was sent once (Karn's rule)."""
-        rtt = max(rtt, 0.0)
-        if self.srtt is None:
-            self.srtt = rtt
-            self.rttvar = rtt / 2
+        # Runs once per block: plain arithmetic, no helper calls.
+        if rtt < 0.0:
+            rtt = 0.0
+        srtt = self.srtt
+        if srtt is None:
+            srtt = rtt
+            rttvar = rtt / 2
         else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
-            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+            delta = srtt - rtt
+            rttvar = 0.75 * self.rttvar + 0.25 * (delta if delta >= 0.0 else -delta)
+            srtt = 0.875 * srtt + 0.125 * rtt
+        self.srtt = srtt
+        self.rttvar = rttvar
         self.backoff = 1
-        self._update()
+        rto = srtt + 4 * rttvar
+        if rto < self.minimum:
+            rto = self.minimum
+        if rto > self.maximum:
+            rto = self.maximum
+        self.rto = rto
 
     def progressed(self) -> None:
         """The peer acknowledged something new, but no round trip could be timed.
@@ -260,6 +271,7 @@ class BlockSender(_Engine):
         self._next = self._base  # next block to transmit (index into the window + base)
         self._last_block: int | None = None  # absolute number of the final (short) block
         self._rewound_at = -1  # ACK value that last caused a rewind (once per value)
+        self._lockstep = windowsize == 1
         # When each window block was first sent; -1.0 once it has been sent again, since
         # an ACK for a retransmitted block cannot be timed (Karn's rule).
         self._sent_at: list[float] = []
@@ -324,6 +336,12 @@ class BlockSender(_Engine):
         sent_end = self._next - 1
         if acked > sent_end:
             return
+        if acked == sent_end == base and self._lockstep and self._last_block is None:
+            # The common case of RFC 1350 lock-step, kept short: it runs once per block.
+            payload = self.read(self.blksize)
+            if payload is not None:
+                self._next_lockstep_block(base, payload, now)
+                return
         if acked >= base:
             done = acked - base + 1
             sent_at = self._sent_at[done - 1]
@@ -356,6 +374,32 @@ class BlockSender(_Engine):
             self._rewind(acked, base)
             self._transmit(now)
         # Lock-step duplicate ACK: ignore it (Sorcerer's Apprentice).
+
+    def _next_lockstep_block(self, acked: int, payload: bytes, now: float) -> None:
+        """Windowsize 1, block ``acked`` (not the last, not the preamble) acknowledged:
+        send the next one. Same effect as the general path of :meth:`on_ack`."""
+        sent_at = self._sent_at[0]
+        if sent_at >= 0:
+            self.timer.sample(now - sent_at)
+        else:
+            self.timer.progressed()
+        stats = self.stats
+        if acked:  # block 0 is the OACK, not data
+            stats.blocks += 1
+            stats.bytes += self.blksize  # every block but the last is full
+        self._retries = 0
+        self._last_progress = now
+        self._peer_proven = True
+        block = acked + 1
+        self._base = block
+        self._next = block + 1
+        if len(payload) < self.blksize:
+            self._last_block = block
+        datagram = _pack_header(3, block & 0xFFFF) + payload
+        self._window[0] = datagram
+        self._sent_at[0] = now
+        self.send(datagram)
+        self.deadline = now + self.timer.rto
 
     def _rewind(self, acked: int, base: int) -> None:
         self._rewound_at = acked
