@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -103,6 +104,7 @@ class _ClientSession(EngineSession):
         timer: RetransmitTimer,
         give_up_after: float,
         max_size: int | None,
+        on_negotiated: Callable[[Negotiated], object] | None = None,
     ) -> None:
         super().__init__(reactor)
         self.server = server
@@ -112,6 +114,7 @@ class _ClientSession(EngineSession):
         self.timer = timer
         self.give_up_after = give_up_after
         self.max_size = max_size
+        self.on_negotiated = on_negotiated
         self.result: Deferred[TransferResult] = Deferred()
         self.negotiated: Negotiated | None = None
         self._started = reactor.seconds()
@@ -194,6 +197,8 @@ class _ClientSession(EngineSession):
         else:
             negotiated = Negotiated()  # the server ignored our options: RFC 1350 defaults
         self.negotiated = negotiated
+        if self.on_negotiated is not None:
+            self.on_negotiated(negotiated)
         self._start_engine(negotiated, datagram if opcode == 3 else None)
 
     def _retry_without_options(self) -> None:
@@ -237,6 +242,7 @@ class _ClientSession(EngineSession):
                 timer=timer,
                 give_up_after=self.give_up_after,
             )
+        self.fit_packet_size()
         self.after_event()
         self._maybe_report()
 
@@ -252,6 +258,12 @@ class _ClientSession(EngineSession):
         if not self.finished:
             self.end()
         self._report()
+
+    def after_event(self) -> None:
+        super().after_event()
+        # A commit that finishes later (a file fsynced in a thread) completes the download
+        # outside any datagram: report it then, not only once the dally is over.
+        self._maybe_report()
 
     def _maybe_report(self) -> None:
         # A download is done once its last block is committed and acknowledged, even
@@ -317,6 +329,7 @@ def _start(
     timeout: float,
     give_up_after: float,
     max_size: int | None,
+    on_negotiated: Callable[[Negotiated], object] | None,
 ) -> Deferred[TransferResult]:
     session = _ClientSession(
         reactor,
@@ -326,6 +339,7 @@ def _start(
         timer=RetransmitTimer(initial=min(1.0, timeout), minimum=0.005, maximum=timeout),
         give_up_after=give_up_after,
         max_size=max_size,
+        on_negotiated=on_negotiated,
     )
     session.start()
     return session.result
@@ -352,6 +366,7 @@ def download(
     options: bool = True,
     max_size: int | None = None,
     give_up_after: float = 30.0,
+    on_negotiated: Callable[[Negotiated], object] | None = None,
 ) -> Deferred[TransferResult]:
     """Fetch ``remote`` from ``host`` into ``writer`` (an ``IWriter``).
 
@@ -359,6 +374,8 @@ def download(
     the size so that a file larger than ``max_size`` is refused before it is sent.
     ``options=False`` sends a plain RFC 1350 request. ``timeout`` (seconds, 1-255) is both
     the option sent and the longest wait between retransmissions.
+    ``on_negotiated(options)`` is called once the server's first reply settles the
+    options (e.g. to learn the tsize for a progress display).
     """
     requested = (
         _options(blksize, windowsize, timeout, 0 if tsize else None) if options else ()
@@ -366,7 +383,7 @@ def download(
     request = RRQ(remote, mode, requested)
     return _start(
         reactor, host, port, request, writer, timeout=float(timeout or 2),
-        give_up_after=give_up_after, max_size=max_size,
+        give_up_after=give_up_after, max_size=max_size, on_negotiated=on_negotiated,
     )
 
 
@@ -384,6 +401,7 @@ def upload(
     tsize: bool = True,
     options: bool = True,
     give_up_after: float = 30.0,
+    on_negotiated: Callable[[Negotiated], object] | None = None,
 ) -> Deferred[TransferResult]:
     """Send ``reader`` (an ``IReader``; its ``size`` becomes the tsize option) as ``remote``."""
     size = getattr(reader, "size", None) if tsize and mode is Mode.OCTET else None
@@ -391,5 +409,5 @@ def upload(
     request = WRQ(remote, mode, requested)
     return _start(
         reactor, host, port, request, reader, timeout=float(timeout or 2),
-        give_up_after=give_up_after, max_size=None,
+        give_up_after=give_up_after, max_size=None, on_negotiated=on_negotiated,
     )

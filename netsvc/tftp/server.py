@@ -290,6 +290,7 @@ class Transfer(EngineSession):
             give_up_after=limits.idle_timeout,
             first_contact_retries=limits.first_contact_retries,
         )
+        self.fit_packet_size()
         self.after_event()
 
     def _start_receiving(self, writer: Any) -> None:
@@ -314,6 +315,7 @@ class Transfer(EngineSession):
             first_contact_retries=limits.first_contact_retries,
             dally=limits.dally,
         )
+        self.fit_packet_size()
         self.after_event()
 
     def _setup_failed(self, failure: Failure) -> None:

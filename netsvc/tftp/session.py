@@ -200,6 +200,21 @@ class EngineSession(DatagramProtocol):
         if not self._in_io_call:
             self.after_event()
 
+    def fit_packet_size(self) -> None:
+        """Shrink the port's receive size to what the peer may legitimately send.
+
+        The socket read allocates this many bytes per datagram (then trims): 64 KiB per
+        4-byte ACK is pure waste. One byte more than a full DATA block keeps an
+        oversized block detectable.
+        """
+        engine, port = self.engine, self.port
+        if engine is None or port is None or not hasattr(port, "maxPacketSize"):
+            return
+        if isinstance(engine, BlockReceiver):
+            port.maxPacketSize = engine.blksize + 5
+        else:
+            port.maxPacketSize = 1024  # ACKs, and ERRORs with a message of any sane length
+
     # -- events -------------------------------------------------------------------------
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
