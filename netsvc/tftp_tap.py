@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.application.service import IService
@@ -74,8 +75,10 @@ def build_tftp(values: Values, reactor: Any) -> IService:
 def _check(values: Values) -> None:
     if not values["root"]:
         raise usage.UsageError("--root DIR is required: the directory to serve")
-    if values["overwrite"] and not values["writable"]:
-        raise usage.UsageError("--overwrite needs --writable")
+    if not os.path.isdir(values["root"]):
+        raise usage.UsageError(f"the TFTP root {values['root']!r} is not a directory")
+    if (values["overwrite"] or values["create-dirs"]) and not values["writable"]:
+        raise usage.UsageError("overwrite and create-dirs need the writable switch")
 
 
 TFTP_SPEC = ServiceSpec(
@@ -120,8 +123,8 @@ TFTP_SPEC = ServiceSpec(
     ],
     flags=[
         Flag("writable", "Allow uploads that create new files."),
-        Flag("overwrite", "Allow uploads to replace existing files (with --writable)."),
-        Flag("create-dirs", "Create missing directories for uploads (with --writable)."),
+        Flag("overwrite", "Allow uploads to replace existing files (needs writable)."),
+        Flag("create-dirs", "Create missing directories for uploads (needs writable)."),
         Flag("backslash", "Treat \\ in file names as a directory separator (Windows clients)."),
     ],
     build=build_tftp,

@@ -219,3 +219,52 @@ async def test_a_failed_bind_releases_the_ports_already_bound() -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", port))  # would fail if the TCP port were still held
         assert not service.running
+
+
+def test_tftp_plugin_options_reach_the_server(tmp_path: Any) -> None:
+    from netsvc import tftp_tap
+    from netsvc.tftp.server import TFTPServer
+
+    options = parse(
+        tftp_tap.Options, "--root", str(tmp_path), "--port", "6969", "--interface", "::1",
+        "--writable", "--max-upload", "1000", "--max-blksize", "1468", "--port-range",
+        "50000-50100", "--request-rate", "0",
+    )
+    (udp,) = leaves(tftp_tap.makeService(options))
+    assert (udp.port_number, udp.interface) == (6969, "::1")
+    server = udp.protocol
+    assert isinstance(server, TFTPServer)
+    assert server.policy.max_blksize == 1468 and server.policy.max_tsize == 1000
+    assert server.limits.port_range == (50000, 50100) and server.requests.rate is None
+    assert server.backend.writable and server.backend.max_upload_size == 1000
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["--root", "/nonexistent/dir"],
+        ["--overwrite"],
+        ["--port-range", "5-1"],
+        ["--port-range", "abc"],
+        ["--max-sessions", "-1"],
+    ],
+)
+def test_tftp_plugin_bad_options_are_usage_errors(args: list[str], tmp_path: Any) -> None:
+    from netsvc import tftp_tap
+
+    root = [] if args[:1] == ["--root"] or not args else ["--root", str(tmp_path)]
+    with pytest.raises(usage.UsageError):
+        parse(tftp_tap.Options, *root, *args)
+
+
+def test_suite_runs_tftp_only_with_a_root(tmp_path: Any) -> None:
+    from netsvc.tftp.server import TFTPServer
+
+    without = leaves(tap.makeService(parse(tap.Options)))
+    assert not any(isinstance(getattr(s, "protocol", None), TFTPServer) for s in without)
+    with_root = leaves(
+        tap.makeService(parse(tap.Options, "--tftp-root", str(tmp_path), "--tftp-port", "6969"))
+    )
+    tftp = [s for s in with_root if isinstance(getattr(s, "protocol", None), TFTPServer)]
+    assert [s.port_number for s in tftp] == [6969]
