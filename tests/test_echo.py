@@ -225,3 +225,27 @@ def test_limits_reject_nonsense(kwargs: dict[str, Any]) -> None:
 
 def test_protocol_class_is_the_factory_protocol() -> None:
     assert TCPEchoFactory.protocol is TCPEchoProtocol
+
+
+def test_udp_echo_on_the_in_memory_network_with_loss() -> None:
+    from netsvc.testing import FakeUDPReactor, LinkConditions, RecordingDatagramProtocol
+
+    reactor = FakeUDPReactor(LinkConditions(loss=0.2, delay=0.001), seed=4)
+    reactor.listenUDP(7, UDPEchoProtocol(reactor), "127.0.0.1", 65536)
+    client = RecordingDatagramProtocol()
+    port = reactor.listenUDP(0, client, "127.0.0.1", 65536)
+    for index in range(1000):
+        port.write(b"%04d" % index, ("127.0.0.1", 7))
+    reactor.run_until(lambda: False, timeout=1)  # deliver everything, step by step
+    echoed = [data for data, _ in client.received]
+    assert 500 < len(echoed) < 750  # about 0.8 * 0.8 of them make the round trip
+    assert all(data.isdigit() and len(data) == 4 for data in echoed)
+
+
+def test_package_exposes_subpackages_lazily() -> None:
+    import netsvc
+
+    assert netsvc.echo.echo_service is not None
+    assert netsvc.__version__
+    with pytest.raises(AttributeError):
+        netsvc.nonexistent  # noqa: B018
