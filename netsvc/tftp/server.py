@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from netsvc.echo import is_unanswerable_source
-from netsvc.listening import UDP_MAX_PACKET_SIZE, ListenGroup, UDPListenService
+from netsvc.listening import ListenGroup, UDPListenService, listen_udp_quietly
 from netsvc.ratelimit import NEVER, PerKeyRateLimiter
 from netsvc.tftp.backend import BackendError, IBackend, RequestContext
 from netsvc.tftp.engine import BlockReceiver, BlockSender, Outcome, RetransmitTimer, encode_error
@@ -126,7 +126,11 @@ class TFTPServer(DatagramProtocol):
         #: Address transfer sockets bind to: the listener's, so replies come from the
         #: address the client talked to whenever the listener is bound to one.
         self.interface = interface
+        #: Every transfer still alive, by client (address, port): a retransmitted request
+        #: finds its transfer here instead of starting another one.
         self.transfers: dict[tuple[str, int], Transfer] = {}
+        #: Transfers that count against the caps (a finished upload that dallies does not).
+        self.active = 0
         self.per_client: dict[str, int] = {}
         self.requests: PerKeyRateLimiter[str] = PerKeyRateLimiter(
             limits.request_rate,
@@ -159,7 +163,7 @@ class TFTPServer(DatagramProtocol):
             return
         limits = self.limits
         host = addr[0]
-        if (limits.max_sessions is not None and len(self.transfers) >= limits.max_sessions) or (
+        if (limits.max_sessions is not None and self.active >= limits.max_sessions) or (
             limits.max_sessions_per_client is not None
             and self.per_client.get(host, 0) >= limits.max_sessions_per_client
         ):
@@ -169,6 +173,7 @@ class TFTPServer(DatagramProtocol):
         transfer = Transfer(self, request, addr)
         self.transfers[key] = transfer
         self.per_client[host] = self.per_client.get(host, 0) + 1
+        self.active += 1
         transfer.start()
 
     def _refuse(self, addr: Any, code: int, message: str) -> None:
@@ -176,16 +181,23 @@ class TFTPServer(DatagramProtocol):
         with suppress(OSError):
             self.transport.write(encode_error(code, message), addr)  # type: ignore[union-attr]
 
-    def transfer_ended(self, transfer: Transfer) -> None:
-        """Forget a finished transfer (called by the transfer)."""
-        if self.transfers.get(transfer.key) is transfer:
-            del self.transfers[transfer.key]
+    def release_slot(self, transfer: Transfer) -> None:
+        """A transfer stopped counting against the session caps (done, or dallying)."""
+        if transfer.holds_slot:
+            transfer.holds_slot = False
+            self.active -= 1
             host = transfer.key[0]
             remaining = self.per_client.get(host, 1) - 1
             if remaining > 0:
                 self.per_client[host] = remaining
             else:
                 self.per_client.pop(host, None)
+
+    def transfer_ended(self, transfer: Transfer) -> None:
+        """Forget a finished transfer (called by the transfer)."""
+        self.release_slot(transfer)
+        if self.transfers.get(transfer.key) is transfer:
+            del self.transfers[transfer.key]
 
     def shutdown(self) -> None:
         """Abort every transfer (the peers get ERROR 0; partial uploads are discarded)."""
@@ -205,6 +217,9 @@ class Transfer(EngineSession):
         self._duration_timer: IDelayedCall | None = None
         self._started = self.reactor.seconds()
         self._rejected: tuple[int, str] | None = None
+        self._logged = False
+        #: Whether this transfer counts against the server's session caps.
+        self.holds_slot = True
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -246,16 +261,17 @@ class Transfer(EngineSession):
     def _listen(self) -> IListeningPort:
         server = self.server
         port_range = server.limits.port_range
-        listen = self.reactor.listenUDP
+        def listen(number: int) -> IListeningPort:
+            return listen_udp_quietly(self.reactor, number, self, server.interface)
+
         if port_range is None:
-            port: IListeningPort = listen(0, self, server.interface, UDP_MAX_PACKET_SIZE)
-            return port
+            return listen(0)
         low, high = port_range
         candidates = list(range(low, high + 1))
         random.shuffle(candidates)
         for number in candidates[:64]:
             try:
-                port = listen(number, self, server.interface, UDP_MAX_PACKET_SIZE)
+                port = listen(number)
             except CannotListenError:
                 continue
             return port
@@ -267,10 +283,15 @@ class Transfer(EngineSession):
             return
         request = self.request
         text = request.mode is Mode.NETASCII
+        size = None if text else reader.size
+        if size == 0:
+            # curl (7.88) rejects "tsize 0" in an OACK and gives up without a word; leaving
+            # the option out is allowed (RFC 2347: a server may decline any option) and
+            # costs a client nothing: an empty file is one empty block either way.
+            size = None
         try:
             negotiated = negotiate(
-                request.options, self.server.policy, is_read=True,
-                tsize=None if text else reader.size,
+                request.options, self.server.policy, is_read=True, tsize=size
             )
         except OptionNegotiationError as error:
             reader.close()
@@ -340,6 +361,14 @@ class Transfer(EngineSession):
 
     # -- teardown -----------------------------------------------------------------------
 
+    def after_event(self) -> None:
+        super().after_event()
+        if self.succeeded and not self._logged:
+            # An upload is complete (committed and acknowledged) before its dally ends:
+            # report it now, with its real duration, and stop counting it against the caps.
+            self.server.release_slot(self)
+            self._log_outcome()
+
     def session_ended(self) -> None:
         if self._duration_timer is not None and self._duration_timer.active():
             self._duration_timer.cancel()
@@ -358,6 +387,9 @@ class Transfer(EngineSession):
         )
 
     def _log_outcome(self) -> None:
+        if self._logged:
+            return
+        self._logged = True
         engine = self.engine
         if engine is None:
             code, message = self._rejected or (None, "")
