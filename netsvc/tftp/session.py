@@ -79,9 +79,12 @@ class EngineSession(DatagramProtocol):
             sendto = self._sendto = self._direct_sendto()
             if sendto is None:
                 return
-        # EAGAIN, ENOBUFS, EPERM...: a failed send is a lost packet; timers recover.
-        with suppress(OSError):
+        # EAGAIN, ENOBUFS, EPERM...: a failed send is a lost packet; the timers recover.
+        # (try/except rather than suppress(): no context manager object per block)
+        try:  # noqa: SIM105
             sendto(datagram, self.peer)
+        except OSError:
+            pass
 
     def _direct_sendto(self) -> Callable[[bytes, Any], object] | None:
         # Per block, Twisted's udp.Port.write re-validates the address three times; the
