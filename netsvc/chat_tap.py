@@ -1,0 +1,231 @@
+"""twistd wiring for the chat: ``twistd -n netsvc-chat`` and the ``--chat-*`` suite options.
+
+Two specs share every limit option and differ only in how they listen:
+
+* :data:`CHAT_STANDALONE_SPEC` (``twistd netsvc-chat``, ``python -m netsvc.chat``):
+  ``--port``/``--interface``, or ``--endpoint`` in their place;
+* :data:`CHAT_SPEC` (the suite, ``twistd netsvc``): chat runs when ``--chat-endpoint``
+  is given, e.g. ``--chat-endpoint tcp:7777`` (a bare ``7777`` works too).
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from twisted.application.service import IService
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from netsvc.chat.limits import CHAT_PORT, ChatLimits
+from netsvc.chat.service import chat_service, endpoint_description
+from netsvc.chat.text import CharsetError, lookup_charset, room_problem
+from netsvc.tapkit import (
+    Param,
+    ServiceSpec,
+    Values,
+    make_standalone_service,
+    non_negative_float,
+    non_negative_int,
+    port_number,
+    positive_int,
+    standalone_options,
+)
+
+_DEFAULTS = ChatLimits()
+
+
+def charset_name(text: str) -> str:
+    """Parse a charset name that the chat can use (see ``lookup_charset``)."""
+    try:
+        lookup_charset(text)
+    except CharsetError as error:
+        raise ValueError(str(error)) from None
+    return text
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"{text} is not a positive number")
+    return value
+
+
+def _off_if_zero(value: Any) -> Any:
+    return value or None
+
+
+def limits_from(values: Values) -> ChatLimits:
+    """The :class:`ChatLimits` that option values describe (0 switches a guard off)."""
+    return ChatLimits(
+        max_line_bytes=values["max-line"],
+        sendq_bytes=values["sendq"],
+        flood_lines_per_second=_off_if_zero(values["flood-lines"]),
+        flood_line_burst=values["flood-line-burst"],
+        flood_bytes_per_second=_off_if_zero(values["flood-bytes"]),
+        flood_byte_burst=values["flood-byte-burst"],
+        flood_disconnect_after=_off_if_zero(values["flood-disconnect-after"]),
+        max_connections=_off_if_zero(values["max-connections"]),
+        max_connections_per_peer=_off_if_zero(values["max-per-peer"]),
+        register_timeout=_off_if_zero(values["register-timeout"]),
+        idle_timeout=_off_if_zero(values["idle-timeout"]),
+        lobby=values["lobby"] or None,
+        history_lines=values["history"],
+        max_rooms=values["max-rooms"],
+        max_rooms_per_user=values["max-rooms-per-user"],
+        presence_limit=_off_if_zero(values["presence-limit"]),
+    )
+
+
+def build_chat(values: Values, reactor: Any) -> IService:
+    """Build the chat service from option values (shared by the plugin and the suite)."""
+    limits = limits_from(values)
+    extra = values["extra-endpoint"]
+    return chat_service(
+        reactor,
+        port=values.get("port", CHAT_PORT),
+        interface=values.get("interface", ""),
+        endpoint=values["endpoint"],
+        charset=values["charset"],
+        extra_listeners=[(extra, values["extra-charset"])] if extra else [],
+        limits=limits,
+    )
+
+
+def _check(values: Values) -> None:
+    for name in ("endpoint", "extra-endpoint"):
+        text = values[name]
+        if text is None:
+            continue
+        try:
+            # Parsing needs no reactor; the endpoint is only stored, never used.
+            serverFromString(cast(Any, None), endpoint_description(text))
+        except Exception as error:
+            raise usage.UsageError(f"--{name} {text!r}: {error}") from None
+    lobby = values["lobby"]
+    if lobby and room_problem(lobby.removeprefix("#")):
+        raise usage.UsageError(f"--lobby {lobby!r}: {room_problem(lobby.removeprefix('#'))}")
+    try:
+        limits_from(values)
+    except ValueError as error:
+        raise usage.UsageError(str(error)) from None
+
+
+_LISTEN_STANDALONE = [
+    Param("port", CHAT_PORT, f"TCP port (default {CHAT_PORT}).", port_number, "p"),
+    Param(
+        "interface", "",
+        "Address to listen on: IPv4 or IPv6, :: for dual-stack (default: all IPv4).",
+        None, "i",
+    ),
+]
+
+_COMMON = [
+    Param(
+        "endpoint", None,
+        "Server endpoint replacing port and interface, e.g. tcp:7777:interface=\\:\\:1"
+        " or tcp6:7777 (a bare port number means tcp:PORT).",
+    ),
+    Param("charset", "utf-8", "Charset clients speak until they say /charset.", charset_name),
+    Param(
+        "extra-endpoint", None,
+        "A second listener sharing the same rooms, e.g. tcp:7778 for legacy clients.",
+    ),
+    Param("extra-charset", "gb2312", "Default charset of the second listener.", charset_name),
+    Param(
+        "max-line", _DEFAULTS.max_line_bytes, "Longest line a client may send, in bytes.",
+        positive_int,
+    ),
+    Param(
+        "sendq", _DEFAULTS.sendq_bytes,
+        "Bytes queued for a client that does not read, beyond the transport's 64 KiB,"
+        " before it is disconnected (SendQ exceeded).",
+        positive_int,
+    ),
+    Param(
+        "flood-lines", _DEFAULTS.flood_lines_per_second,
+        "Lines per second a connection may send, sustained (0: no limit).",
+        non_negative_float,
+    ),
+    Param(
+        "flood-line-burst", _DEFAULTS.flood_line_burst,
+        "Lines a connection may send at once.", _positive_float,
+    ),
+    Param(
+        "flood-bytes", _DEFAULTS.flood_bytes_per_second,
+        "Bytes per second a connection may send, sustained (0: no limit).",
+        non_negative_float,
+    ),
+    Param(
+        "flood-byte-burst", _DEFAULTS.flood_byte_burst,
+        "Bytes a connection may send at once (at least one longest line).", _positive_float,
+    ),
+    Param(
+        "flood-disconnect-after", _DEFAULTS.flood_disconnect_after,
+        "Disconnect a client held back by flood control this many seconds in a row"
+        " (0: never).",
+        non_negative_float,
+    ),
+    Param(
+        "max-connections", _DEFAULTS.max_connections,
+        "Most connections at once (0: no limit).", non_negative_int,
+    ),
+    Param(
+        "max-per-peer", _DEFAULTS.max_connections_per_peer,
+        "Most connections from one IP address (0: no limit).", non_negative_int,
+    ),
+    Param(
+        "register-timeout", _DEFAULTS.register_timeout,
+        "Seconds a connection may take to choose a nickname (0: forever).",
+        non_negative_float,
+    ),
+    Param(
+        "idle-timeout", 0.0,
+        "Close connections that send nothing for this many seconds (0: never).",
+        non_negative_float,
+    ),
+    Param("lobby", _DEFAULTS.lobby, "Room every user joins first (empty: none)."),
+    Param(
+        "history", _DEFAULTS.history_lines,
+        "Messages kept per room and replayed on join (0: none).", non_negative_int,
+    ),
+    Param("max-rooms", _DEFAULTS.max_rooms, "Most rooms at once.", positive_int),
+    Param(
+        "max-rooms-per-user", _DEFAULTS.max_rooms_per_user,
+        "Most rooms one user may be in.", positive_int,
+    ),
+    Param(
+        "presence-limit", _DEFAULTS.presence_limit,
+        "Rooms with more members do not announce joins, parts and quits (0: always).",
+        non_negative_int,
+    ),
+]
+
+#: ``twistd netsvc-chat`` and ``python -m netsvc.chat``.
+CHAT_STANDALONE_SPEC = ServiceSpec(
+    name="chat",
+    description="multi-user line chat over TCP",
+    params=[*_LISTEN_STANDALONE, *_COMMON],
+    flags=[],
+    build=build_chat,
+    check=_check,
+)
+
+#: The suite's chat section: ``twistd netsvc --chat-endpoint tcp:7777``.
+CHAT_SPEC = ServiceSpec(
+    name="chat",
+    description="multi-user line chat over TCP",
+    params=_COMMON,
+    flags=[],
+    build=build_chat,
+    check=_check,
+    suite_switch="endpoint",
+)
+
+Options = standalone_options(CHAT_STANDALONE_SPEC)
+
+
+def makeService(options: usage.Options) -> IService:
+    """Entry point of ``twistd netsvc-chat``."""
+    from twisted.internet import reactor  # twistd has installed its reactor by now
+
+    return make_standalone_service(CHAT_STANDALONE_SPEC, options, reactor)
