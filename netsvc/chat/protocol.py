@@ -100,7 +100,8 @@ _LONG_AGO = -1e18
 #: ``FileDescriptor.bufferSize``: what a transport buffers before pausing its producer.
 _TRANSPORT_BUFFER = 64 * 1024
 _PROMPT = "Choose a nickname (or press Enter for a guest name):"
-#: Holds of flood control less than this apart belong to one episode.
+#: A hold of flood control less than this after the previous one ended (its input was
+#: resumed) continues the same episode: the client kept sending all along.
 _FLOOD_EPISODE_GAP = 1.0
 #: Most lines in a /who or /rooms reply line, so each line stays short.
 _LIST_LINE_CHARS = 400
@@ -159,8 +160,8 @@ class ChatProtocol:
         "_close_call",
         "_closing",
         "_discarding",
-        "_flood_last",
         "_flood_started",
+        "_flood_until",
         "_held",
         "_held_by_transport",
         "_input_closed",
@@ -202,7 +203,7 @@ class ChatProtocol:
         self._held: bytes | None = None
         self._resume_call: IDelayedCall | None = None
         self._flood_started = 0.0
-        self._flood_last = _LONG_AGO
+        self._flood_until = _LONG_AGO
         self._queue: list[bytes] | None = None
         self._queued = 0
         self._socket: socket.socket | None = None
@@ -475,18 +476,19 @@ class ChatProtocol:
         server = self.server
         now = server.clock()
         self._held = b"\n".join(lines[index:]) + b"\n" + tail
-        if now - self._flood_last > _FLOOD_EPISODE_GAP:
+        if now - self._flood_until > _FLOOD_EPISODE_GAP:
             self._flood_started = now
             server.flood_holds += 1
             self.user.notify("Flood control: you are sending too fast, your lines are delayed.")
-        self._flood_last = now
         limit = server.limits.flood_disconnect_after
         if limit is not None and now - self._flood_started >= limit:
             self.disconnect("Excess flood")
             return
         if not self._input_closed:
             cast(IPushProducer, self.transport).pauseProducing()
-        self._resume_call = server.reactor.callLater(self._wait_for_tokens(), self._resume_input)
+        wait = self._wait_for_tokens()
+        self._flood_until = now + wait
+        self._resume_call = server.reactor.callLater(wait, self._resume_input)
 
     def _wait_for_tokens(self) -> float:
         wait = 0.01
