@@ -55,7 +55,7 @@ class TFTPServerLimits:
     #: Transfers running at once; further requests get ERROR 0 "server busy".
     max_sessions: int | None = 1000
     #: Transfers running at once for one client address.
-    max_sessions_per_client: int | None = 32
+    max_sessions_per_client: int | None = 128
     #: Requests accepted per second from one source address (and the burst above it).
     request_rate: float | None = 50.0
     request_burst: float = 100.0
