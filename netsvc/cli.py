@@ -6,12 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from netsvc import __version__, echoping
+from netsvc import __version__, echoping, tftp_cli
 
 __all__ = ["main"]
 
 #: Modules that each register one sub-command through ``add_parser(subparsers)``.
-COMMANDS = [echoping]
+COMMANDS = [echoping, tftp_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:

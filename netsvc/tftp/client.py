@@ -85,6 +85,10 @@ def resolve(host: str, port: int, family: int = socket.AF_UNSPEC) -> tuple[str, 
         literal = ipaddress.ip_address(host)
         if family == socket.AF_INET6 and literal.version == 4:
             return (f"::ffff:{literal}", port)
+        if isinstance(literal, ipaddress.IPv6Address) and literal.ipv4_mapped is not None:
+            # As the socket will show the replies' source (Python < 3.13 would print
+            # "::ffff:7f00:1", which then never matches).
+            return (f"::ffff:{literal.ipv4_mapped}", port)
         return (str(literal), port)
     infos = socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)
     address = infos[0][4]
