@@ -267,6 +267,11 @@ class EngineSession(DatagramProtocol):
             port.maxPacketSize = engine.blksize + 5
         else:
             port.maxPacketSize = 1024  # ACKs, and ERRORs with a message of any sane length
+            if hasattr(port, "maxThroughput"):
+                # A sender gets one ACK per block or window: after reading it, asking the
+                # socket for another only earns EAGAIN (a system call and an exception).
+                # The reactor polls again anyway, and epoll reports anything left over.
+                port.maxThroughput = 1
 
     # -- events -------------------------------------------------------------------------
 
