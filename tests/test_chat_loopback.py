@@ -293,6 +293,40 @@ async def test_half_close_processes_everything_then_closes() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_unix_socket_endpoint_works(tmp_path: Any) -> None:
+    path = str(tmp_path / "chat.sock")
+
+    def scenario() -> list[str]:
+        clients = []
+        for nick in ("left", "right"):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.settimeout(20)
+            sock.connect(path)
+            sock.sendall(nick.encode() + b"\n")
+            clients.append(sock)
+        received = b""
+        clients[1].sendall(b"over a unix socket\n")
+        while b"<right> over a unix socket" not in received:
+            chunk = clients[0].recv(4096)
+            assert chunk, received
+            received += chunk
+        for sock in clients:
+            sock.close()
+        return received.decode().split("\r\n")
+
+    service = chat_service(reactor, endpoint=f"unix:{path}", limits=TEST_LIMITS)
+    service.startService()
+    try:
+        lines = await in_thread(scenario)
+    finally:
+        await service.stopService()
+        for protocol in list(service.server.connections):
+            protocol.transport.abortConnection()
+        await task.deferLater(reactor, 0, lambda: None)
+    assert "#lobby <right> over a unix socket" in lines
+
+
+@pytest_twisted.ensureDeferred
 async def test_refused_connections_get_a_reason() -> None:
     limits = attrs.evolve(TEST_LIMITS, max_connections_per_peer=2)
 

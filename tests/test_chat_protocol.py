@@ -439,6 +439,21 @@ def test_a_slow_reader_that_catches_up_stays() -> None:
     assert [line.split()[2] for line in lines] == [str(n) for n in range(500)]
 
 
+def test_a_quit_while_output_is_queued_flushes_it_first() -> None:
+    server = make_server()
+    alice = logged_in(server, "alice")
+    slow = logged_in(server, "slow", transport=BufferTransport())
+    slow.transport.bufferSize = 10  # type: ignore[misc]
+    slow.output()
+    alice.line("one")  # passes the transport's mark: the next lines are queued
+    alice.line("two")
+    alice.line("three")
+    assert slow.chat._queue is not None and len(slow.chat._queue) == 2
+    slow.line("/quit")
+    assert slow.lines() == ["#lobby <alice> one", "#lobby <alice> two", "#lobby <alice> three",
+                            "*** Goodbye."]
+
+
 # -- caps and timeouts -----------------------------------------------------------------
 
 

@@ -38,6 +38,7 @@ more between holds) is disconnected ("Excess flood").
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -231,7 +232,8 @@ class ChatProtocol:
         # previous one, which a receiver's delayed ACK can hold back for up to 40 ms.
         set_no_delay = getattr(transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
-            set_no_delay(True)
+            with contextlib.suppress(OSError):  # not TCP: a UNIX socket, say
+                set_no_delay(True)
         # Registering as producer is how the transport tells us about its buffer (see the
         # module docstring); a pull producer is resumed at once, which sets ``send``.
         sock = _direct_socket(transport) if server.direct_writes else None
@@ -271,21 +273,24 @@ class ChatProtocol:
             return  # held by flood control: _resume_input comes back here
         self.disconnect("end of input", farewell="Goodbye.")
 
-    def disconnect(self, reason: str, farewell: str | None = None) -> None:
+    def disconnect(self, reason: str, farewell: str | None = None, flush: bool = True) -> None:
         """End this session: tell the client why, leave the rooms, close the connection.
 
-        The client gets ``*** farewell`` (default ``Disconnected: reason``) after what is
-        already in the transport's buffer; a client that does not read it within
-        ``close_timeout`` seconds is cut off. Others see ``nick quit (reason)``.
+        The client gets ``*** farewell`` (default ``Disconnected: reason``) after the
+        output still queued for it (dropped instead when ``flush`` is false: the SendQ
+        overflowed); a client that does not read it within ``close_timeout`` seconds is
+        cut off. Others see ``nick quit (reason)``.
         """
         if self._closing:
             return
         self._closing = True
         user = self.user
-        self._queue = None
+        queue, self._queue = self._queue, None
         self._cancel_timers()
         transport = self.transport
         user.send = _discard
+        if queue and flush:
+            transport.write(b"".join(queue))
         text = farewell if farewell is not None else f"Disconnected: {reason}"
         transport.write(user.charset.encode(f"*** {text}\r\n"))
         cast(IConsumer, transport).unregisterProducer()
@@ -344,7 +349,7 @@ class ChatProtocol:
         self.transport.write(data)
         if self._held_by_transport > self.server.direct_sendq_limit:
             self.server.sendq_exceeded += 1
-            self.disconnect("SendQ exceeded")
+            self.disconnect("SendQ exceeded", flush=False)
 
     def stopProducing(self) -> None:
         pass  # the connection is going away; connectionLost cleans up
@@ -357,7 +362,7 @@ class ChatProtocol:
         self._queued += len(data)
         if self._queued > self.server.limits.sendq_bytes:
             self.server.sendq_exceeded += 1
-            self.disconnect("SendQ exceeded")
+            self.disconnect("SendQ exceeded", flush=False)
 
     # -- input: framing and flood control -----------------------------------------------
 
@@ -555,11 +560,10 @@ class ChatProtocol:
                 self._command(text)
             return
         try:
-            registry.set_nick(user, text or registry.guest_nick())
+            registry.set_nick(user, text or registry.guest_nick())  # says "Welcome"
         except ChatError as error:
             user.notify(f"{error}. {_PROMPT}")
             return
-        user.notify(f"Welcome, {user.nick}! /help lists the commands.")
         lobby = registry.lobby
         if lobby is not None:
             self._join(lobby)
@@ -588,37 +592,20 @@ class ChatProtocol:
             self._register(rest)
             return
         self.server.registry.set_nick(self.user, rest)
-        self.user.notify(f"You are now known as {self.user.nick}.")
 
     def _join(self, rest: str) -> None:
         if not rest:
             raise ChatError("Usage: /join ROOM")
-        result = self.server.registry.join(self.user, rest.split()[0])
-        notify = self.user.notify
-        if result.already_member:
-            notify(f"You now talk in {result.room}.")
-            return
-        others = result.members - 1
-        people = "nobody else" if not others else f"{others} other{'s' if others > 1 else ''}"
-        notify(f"You joined {result.room} ({people} here). Your lines go there.")
-        if result.history:
-            notify(f"Recent messages in {result.room} (UTC):")
-            encode = self.user.charset.encode
-            send = self.user.send
-            for line in result.history:
-                send(encode(line + "\r\n"))
-            notify("End of recent messages.")
+        self.server.registry.join(self.user, rest.split()[0])  # tells the user, with history
 
     def _part(self, rest: str) -> None:
         user = self.user
         room, _, reason = rest.partition(" ")
         mine = {r.key for r in user.rooms}
         if room and (room.startswith("#") or name_key(room) in mine):
-            label = self.server.registry.part(user, room, reason.strip())
+            self.server.registry.part(user, room, reason.strip())
         else:
-            label = self.server.registry.part(user, None, rest)
-        where = f"you now talk in {user.active.label}" if user.active else "you are in no room"
-        user.notify(f"You left {label}; {where}.")
+            self.server.registry.part(user, None, rest)
 
     def _rooms(self, rest: str) -> None:
         rooms = self.server.registry.rooms()
@@ -653,8 +640,7 @@ class ChatProtocol:
         text = text.strip()
         if not nick or not text:
             raise ChatError("Usage: /msg NICK TEXT")
-        target = self.server.registry.message(self.user, nick, text)
-        self.user.send(self.user.charset.encode(f"-> *{target}* {text}\r\n"))
+        self.server.registry.message(self.user, nick, text)
 
     def _me(self, rest: str) -> None:
         if not rest:

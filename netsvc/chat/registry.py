@@ -226,6 +226,10 @@ class Room:
 class ChatRegistry:
     """The chat's users, rooms and history, and the API to drive or observe them.
 
+    The registry sends every chat line, including the acting user's own confirmations
+    ("You joined #rust", its history, "-> *bob* hi"), so that events, delivered after
+    them, never overtake them.
+
     Observe: :meth:`subscribe` to :data:`ChatEvent` values; :meth:`users`,
     :meth:`rooms`, :meth:`room`. Drive: :meth:`post` server notices, :meth:`add_bot` for a
     participant that joins rooms, talks and gets private messages, :meth:`disconnect`.
@@ -237,9 +241,12 @@ class ChatRegistry:
         self,
         limits: ChatLimits = DEFAULT_LIMITS,
         clock: Callable[[], float] = time.time,
+        welcome: str = "Welcome, {nick}! /help lists the commands.",
     ) -> None:
         self.limits = limits
         self.clock = clock
+        #: What a user is told on choosing its nickname (``{nick}`` is replaced).
+        self.welcome = welcome
         self._users: dict[str, User] = {}
         self._rooms: dict[str, Room] = {}
         self._subscribers: list[Callable[[ChatEvent], None]] = []
@@ -373,9 +380,11 @@ class ChatRegistry:
         user.nick, user.key = nick, key
         self._users[key] = user
         if old is None:
+            user.notify(self.welcome.format(nick=nick))
             self._emit(UserRegistered(nick, user.peer))
             return
         self._notify_neighbours(user, f"*** {old} is now known as {nick}{EOL}")
+        user.notify(f"You are now known as {nick}.")
         self._emit(UserRenamed(old, nick))
 
     def set_charset(self, user: User, charset: Charset) -> None:
@@ -396,6 +405,7 @@ class ChatRegistry:
         room = self._rooms.get(name_key(bare))
         if room is not None and room in user.rooms:
             user.active = room
+            user.notify(f"You now talk in {room.label}.")
             return JoinResult(room.label, room.size, (), already_member=True)
         if len(user.rooms) >= self.limits.max_rooms_per_user:
             raise ChatError(
@@ -411,6 +421,7 @@ class ChatRegistry:
         user.rooms = (*user.rooms, room)
         user.active = room
         history = tuple(self._format_history(room))
+        self._tell_joiner(user, room, history)
         self._emit(UserJoined(room.label, user.nick or ""))
         return JoinResult(room.label, room.size, history)
 
@@ -426,6 +437,8 @@ class ChatRegistry:
         suffix = f" ({reason})" if reason else ""
         if room.size + 1 <= self._presence_limit:
             self._fanout(room.by_encoder, f"*** {user.nick} left {room.label}{suffix}{EOL}", None)
+        where = f"you now talk in {user.active.label}" if user.active else "you are in no room"
+        user.notify(f"You left {room.label}; {where}.")
         self._emit(UserLeft(room.label, user.nick or "", reason))
         return room.label
 
@@ -468,6 +481,7 @@ class ChatRegistry:
         if target is None:
             raise ChatError(f"there is no one called {nick}")
         target.send(target.charset.encode(f"*{user.nick}* {text}{EOL}"))
+        user.send(user.charset.encode(f"-> *{target.nick}* {text}{EOL}"))
         self._emit(PrivateMessage(user.nick or "", target.nick or "", text))
         return target.nick or ""
 
@@ -550,6 +564,16 @@ class ChatRegistry:
         if room is None:
             raise ChatError(f"there is no room {name}")
         return room
+
+    def _tell_joiner(self, user: User, room: Room, history: tuple[str, ...]) -> None:
+        others = room.size - 1
+        people = "nobody else" if not others else f"{others} other{'s' if others > 1 else ''}"
+        user.notify(f"You joined {room.label} ({people} here). Your lines go there.")
+        if history:
+            user.notify(f"Recent messages in {room.label} (UTC):")
+            encode = user.charset.encode
+            user.send(b"".join(encode(line + EOL) for line in history))
+            user.notify("End of recent messages.")
 
     def _format_history(self, room: Room) -> Iterable[str]:
         for stamp, body in room.history:
