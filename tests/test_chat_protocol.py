@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+import re
+
 import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -99,6 +104,48 @@ def test_lf_crlf_and_split_lines() -> None:
         bob.send(bytes([byte]))
     assert alice.lines() == ["#lobby <bob> one", "#lobby <bob> two", "#lobby <bob> three",
                              "#lobby <bob> four"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), min_size=1,
+                           max_size=40).filter(lambda t: not t.isspace() and t[0] != "/"),
+                   max_size=20),
+    eols=st.lists(st.sampled_from([b"\n", b"\r\n"]), min_size=20, max_size=20),
+    cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=10),
+)
+def test_framing_does_not_depend_on_how_the_bytes_are_cut(
+    lines: list[str], eols: list[bytes], cuts: list[int]
+) -> None:
+    server = make_server()
+    alice = logged_in(server, "alice")
+    bob = logged_in(server, "bob")
+    alice.output()
+    stream = b"".join(line.encode() + eol for line, eol in zip(lines, eols, strict=False))
+    pieces = sorted({0, len(stream), *[cut for cut in cuts if cut < len(stream)]})
+    for start, end in itertools.pairwise(pieces):
+        bob.send(stream[start:end])
+    assert alice.lines() == [f"#lobby <bob> {line}" for line in lines]
+
+
+@settings(max_examples=200, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=300), max_size=20),
+       charset=st.sampled_from(["utf-8", "gb2312", "latin-1", "shift_jis"]))
+def test_arbitrary_bytes_never_break_the_connection(chunks: list[bytes], charset: str) -> None:
+    server = make_server(limits(max_line_bytes=100))
+    alice = logged_in(server, "alice")
+    mallory = logged_in(server, "mallory")
+    mallory.line(f"/charset {charset}")
+    # Everything but the commands that end or rename the session, wherever the cuts fall.
+    stream = re.sub(rb"/(quit|exit|nick)", b"", b"".join(chunks))
+    position = 0
+    for chunk in chunks:
+        mallory.send(stream[position:position + len(chunk)])
+        position += len(chunk)
+    mallory.send(b"\n/who\n")
+    assert mallory.output()  # still answering
+    assert "\x1b" not in alice.output().decode()
+    assert not mallory.transport.disconnecting
 
 
 def test_blank_lines_are_ignored_and_double_slash_escapes() -> None:
