@@ -390,6 +390,34 @@ def test_flood_control_on_bytes() -> None:
     assert bob.transport.producerState == "producing"
 
 
+def test_input_that_arrives_while_held_waits_its_turn() -> None:
+    clock = Clock()
+    server = make_server(
+        limits(flood_lines_per_second=10.0, flood_line_burst=2.0, flood_disconnect_after=None),
+        clock,
+    )
+    alice = logged_in(server, "alice")
+    bob = logged_in(server, "bob")
+    alice.output()
+    bob.send(b"1\n2\n3\n4")
+    bob.send(b"\n5\n6")  # a transport may deliver after pauseProducing (TLS does)
+    bob.send(b"\n")
+    for _ in range(20):
+        clock.advance(0.1)
+    assert [line.rsplit(" ", 1)[1] for line in alice.lines()] == ["1", "2", "3", "4", "5", "6"]
+
+
+def test_too_much_input_while_held_disconnects() -> None:
+    server = make_server(limits(flood_lines_per_second=1.0, flood_line_burst=1.0,
+                                max_line_bytes=100, flood_byte_burst=1000.0))
+    bob = logged_in(server, "bob")
+    bob.send(b"a\nb\n")
+    for _ in range(20):
+        bob.send(b"x" * 99 + b"\n")
+    assert bob.transport.disconnecting
+    assert bob.lines()[-1] == "*** Disconnected: Excess flood"
+
+
 def test_sustained_flood_disconnects() -> None:
     clock = Clock()
     server = make_server(

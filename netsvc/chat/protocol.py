@@ -28,6 +28,10 @@ server holds for a client beyond the kernel's socket buffer):
 Either way a reader that cannot keep up never slows the others or grows the server: it
 is disconnected with "SendQ exceeded".
 
+Fan-out: the chat lines of one chunk of input leave as one fan-out (one write per
+recipient for all of them), and connections set ``TCP_NODELAY``, since a chat line
+should leave at once rather than wait for the acknowledgement of the previous one.
+
 Flood control: a token bucket for lines and one for bytes per connection. When a line
 finds either empty, the rest of the input is held, reading stops
 (``transport.pauseProducing``: TCP flow control pushes back on the client) and a timer
@@ -201,7 +205,7 @@ class ChatProtocol:
         self._bytes: Admission = ALWAYS
         self._buffer = b""
         self._discarding = False
-        self._held: bytes | None = None
+        self._held: tuple[list[bytes], int, bytes] | None = None
         self._resume_call: IDelayedCall | None = None
         self._flood_started = 0.0
         self._flood_until = _LONG_AGO
@@ -369,10 +373,12 @@ class ChatProtocol:
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
-        if self._held is not None:
+        held = self._held
+        if held is not None:
             # Reading is paused, but a transport may still deliver what it had buffered.
-            self._held += data
-            if len(self._held) > self.server.held_input_limit:
+            lines, index, tail = held
+            self._held = (lines, index, tail + data)
+            if len(tail) + len(data) > self.server.held_input_limit:
                 self.disconnect("Excess flood")
             return
         self._process(data)
@@ -390,7 +396,11 @@ class ChatProtocol:
             self._buffer = b""
         lines = data.split(b"\n")
         tail = lines.pop()
-        if lines:
+        return self._process_lines(lines, 0, tail)
+
+    def _process_lines(self, lines: list[bytes], start: int, tail: bytes) -> bool:
+        """Handle ``lines[start:]``, then keep ``tail`` (a partial line) for later."""
+        if start < len(lines):
             self.active = True
             max_line = self.server.limits.max_line_bytes
             line_bucket = self._lines
@@ -399,7 +409,8 @@ class ChatProtocol:
             # Consecutive chat lines of one chunk leave as one fan-out: one encode per
             # charset and one send per recipient for all of them, not one per line.
             said: list[str] = []
-            for index, line in enumerate(lines):
+            for index in range(start, len(lines)):
+                line = lines[index]
                 cost = len(line) + 1
                 # Both buckets' common case inlined (TokenBucket.take when tokens are left).
                 if line_bucket.tokens >= 1.0 and byte_bucket.tokens >= cost:
@@ -477,10 +488,14 @@ class ChatProtocol:
         return False
 
     def _hold(self, lines: list[bytes], index: int, tail: bytes) -> None:
-        """Flood control: keep the unprocessed input, stop reading, resume when allowed."""
+        """Flood control: keep the unprocessed input, stop reading, resume when allowed.
+
+        The lines stay as they were split, with the index of the first one not handled:
+        resuming costs nothing per held line, however many a chunk held.
+        """
         server = self.server
         now = server.clock()
-        self._held = b"\n".join(lines[index:]) + b"\n" + tail
+        self._held = (lines, index, tail)
         if now - self._flood_until > _FLOOD_EPISODE_GAP:
             self._flood_started = now
             server.flood_holds += 1
@@ -508,7 +523,12 @@ class ChatProtocol:
         held, self._held = self._held, None
         if self._closing or held is None:
             return
-        if self._process(held) and not self._closing:
+        lines, index, tail = held
+        if b"\n" in tail:  # more arrived while reading was paused
+            more = tail.split(b"\n")
+            tail = more.pop()
+            lines, index = lines[index:] + more, 0
+        if self._process_lines(lines, index, tail) and not self._closing:
             if self._input_closed:
                 self._end_of_input()
             elif self._held is None:
