@@ -53,6 +53,9 @@ _unpack_header = _HEADER.unpack_from
 
 Send = Callable[[bytes], None]
 
+#: Blocks a lock-step sender may have in flight while it probes after timeouts.
+_PROBE_BLOCKS = 4
+
 
 def encode_error(code: int, message: str) -> bytes:
     """An ERROR datagram (the message is truncated to keep the datagram small)."""
@@ -444,23 +447,25 @@ class BlockSender(_Engine):
         self._transmit(now)
 
     def _send_next_block_too(self) -> None:
-        """Lock-step timeout: resend block N and send block N+1 behind it.
+        """Lock-step timeout: resend what is outstanding and one new block behind it.
 
         When our block N was lost, the peer takes N and then N+1 in order. When its ACK
         of N was lost, the peer drops the duplicate N, but N+1 is the block it waits for,
         so it answers at once. Without N+1 that case waits on the peer's own timer, and
         some clients (busybox) never re-acknowledge a duplicate block and only repeat
         their ACK after 100 ms of silence, which every retransmission of ours restarts:
-        about a quarter of a second per lost ACK. Peers discard a block they are not
-        waiting for (RFC 1350), so N+1 costs at most one wasted datagram.
+        about a quarter of a second per lost ACK. Each further timeout adds one more new
+        block (up to :data:`_PROBE_BLOCKS` in flight), so even a second lost ACK is answered
+        by a block the peer has not seen. Peers discard blocks they are not waiting for
+        (RFC 1350), so this costs at most a few wasted datagrams per timeout.
         """
         window = self._window
-        if len(window) != 1 or self._base == 0 or self._last_block is not None:
-            return  # the OACK, the last block, or N+1 is already out
+        if len(window) >= _PROBE_BLOCKS or self._base == 0 or self._last_block is not None:
+            return  # enough in flight, the OACK, or the last block is already out
         payload = self.read(self.blksize)
         if payload is None:
             return
-        block = self._base + 1
+        block = self._base + len(window)
         if len(payload) < self.blksize:
             self._last_block = block
         window.append(_pack_header(3, block & 0xFFFF) + payload)
