@@ -216,6 +216,16 @@ def test_join_history_part_rooms_who() -> None:
     assert bob.lines() == ["*** #rust (2):", "***   alice bob"]
     bob.line("/rooms")
     assert bob.lines() == ["*** 2 rooms:", "***   #lobby (2)", "***   #rust (2)"]
+    for number in range(120):
+        alice.line(f"/join r{number:03}")
+        alice.line("/part")
+    for number in range(101):
+        server.registry.join(server.registry.add_bot(f"b{number}").user, f"r{number:03}")
+    alice.output()
+    bob.line("/rooms")
+    listing = bob.lines()
+    assert listing[0] == "*** 103 rooms:" and listing[1] == "***   #lobby (2)"
+    assert listing[-1] == "***   ... and 3 smaller rooms" and len(listing) == 102
     bob.line("/join lobby")
     assert bob.lines() == ["*** You now talk in #lobby."]
     bob.line("/part rust see you")

@@ -301,7 +301,7 @@ def test_chained_quits_during_fan_outs_do_not_recurse() -> None:
 
     def make_send(index: int) -> Callable[[bytes], None]:
         def send(data: bytes) -> None:
-            if armed:
+            if armed:  # overflowing on every line, as a connection would not (worst case)
                 registry.quit(users[index], "SendQ exceeded")
 
         return send
@@ -364,6 +364,9 @@ def test_users_and_rooms_listing() -> None:
         ("Alice", ("#lobby",)), ("bob", ("#lobby",))
     ]
     assert registry.rooms()[0].members == ("Alice", "bob")
+    registry.join(registry.user("bob"), "small")  # type: ignore[arg-type]
+    assert registry.room_sizes() == [("#lobby", 2), ("#small", 1)]
+    assert registry.room_sizes(1) == [("#lobby", 2)] and registry.room_count() == 2
     assert registry.lobby == "#lobby"
     assert ChatRegistry(ChatLimits(lobby=None)).lobby is None
 

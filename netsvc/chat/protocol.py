@@ -628,14 +628,15 @@ class ChatProtocol:
             self.server.registry.part(user, None, rest)
 
     def _rooms(self, rest: str) -> None:
-        rooms = self.server.registry.rooms()
+        registry = self.server.registry
+        count = registry.room_count()
+        listed = registry.room_sizes(_MAX_ROOMS_LISTED)
         notify = self.user.notify
-        notify(f"{len(rooms)} room{'s' if len(rooms) != 1 else ''}:")
-        listed = sorted(rooms, key=lambda info: -len(info.members))[:_MAX_ROOMS_LISTED]
-        for info in listed:
-            notify(f"  {info.name} ({len(info.members)})")
-        if len(rooms) > len(listed):
-            notify(f"  ... and {len(rooms) - len(listed)} smaller rooms")
+        notify(f"{count} room{'s' if count != 1 else ''}:")
+        for name, size in listed:
+            notify(f"  {name} ({size})")
+        if count > len(listed):
+            notify(f"  ... and {count - len(listed)} smaller rooms")
 
     def _who(self, rest: str) -> None:
         user = self.user

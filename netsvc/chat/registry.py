@@ -18,6 +18,7 @@ the epoch, e.g. ``reactor.seconds``), used only to time-stamp the history.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -251,7 +252,9 @@ class ChatRegistry:
         self._rooms: dict[str, Room] = {}
         self._subscribers: list[Callable[[ChatEvent], None]] = []
         self._fanning_out = 0
-        self._deferred: deque[Callable[[], None]] = deque()
+        #: Quits asked for during a fan-out, run when it ends (each user once).
+        self._deferred: deque[tuple[User, str]] = deque()
+        self._deferred_users: set[User] = set()
         self._running_deferred = False
         self._guest_serial = 0
         self._presence_limit = limits.presence_limit or float("inf")
@@ -297,6 +300,17 @@ class ChatRegistry:
             (self._room_info(room) for room in self._rooms.values()),
             key=lambda info: name_key(info.name),
         )
+
+    def room_sizes(self, limit: int | None = None) -> list[tuple[str, int]]:
+        """``(name, members)`` of the ``limit`` largest rooms (all by default), largest
+        first: cheap, unlike :meth:`rooms`, which lists every member of every room."""
+        sizes = ((room.label, room.size) for room in self._rooms.values())
+        if limit is None:
+            return sorted(sizes, key=lambda item: (-item[1], name_key(item[0])))
+        return heapq.nsmallest(limit, sizes, key=lambda item: (-item[1], name_key(item[0])))
+
+    def room_count(self) -> int:
+        return len(self._rooms)
 
     def room(self, name: str) -> RoomInfo | None:
         """One room by name (with or without ``#``, any case), or ``None``."""
@@ -491,7 +505,9 @@ class ChatRegistry:
         Safe to call more than once. During a fan-out it waits for the fan-out to end.
         """
         if self._fanning_out:
-            self._deferred.append(lambda: self.quit(user, reason))
+            if user not in self._deferred_users:
+                self._deferred_users.add(user)
+                self._deferred.append((user, reason))
             return
         if user.nick is None or self._users.get(user.key) is not user:
             return
@@ -530,7 +546,9 @@ class ChatRegistry:
         self._running_deferred = True
         try:
             while self._deferred:
-                self._deferred.popleft()()
+                user, reason = self._deferred.popleft()
+                self._deferred_users.discard(user)
+                self.quit(user, reason)
         finally:
             self._running_deferred = False
 
