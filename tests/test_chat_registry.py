@@ -376,3 +376,15 @@ def test_charset_switch_moves_the_user_between_encodings() -> None:
     registry.set_charset(bob, lookup_charset("gb2312"))
     registry.say(alice, "你好")
     assert bob_inbox.lines("gbk") == ["#lobby <alice> 你好"]
+
+
+def test_the_registry_sanitizes_whatever_the_caller_passes() -> None:
+    registry, [(alice, _), (bob, bob_inbox)] = registry_with("alice", "bob")
+    registry.say(alice, "\x1b[2Jwiped?")
+    registry.message(alice, "bob", "\x1b]0;title\x07hi")
+    registry.part(alice, None, "\x1b[31mred reason")
+    registry.quit(alice, "bye\x07\x07")
+    assert bob_inbox.lines() == [
+        "#lobby <alice> wiped?", "*alice* hi", "*** alice left #lobby (red reason)",
+    ]
+    del bob

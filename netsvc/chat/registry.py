@@ -442,6 +442,7 @@ class ChatRegistry:
     def part(self, user: User, name: str | None = None, reason: str = "") -> str:
         """Take ``user`` out of room ``name`` (its active room by default); return the label."""
         self._require_registered(user)
+        reason = sanitize(reason)
         room = user.active if name is None else self._rooms.get(name_key(name.removeprefix("#")))
         if room is None or room not in user.rooms:
             raise ChatError(
@@ -457,13 +458,17 @@ class ChatRegistry:
         return room.label
 
     def say(self, user: User, text: str, room: str | None = None, action: bool = False) -> None:
-        """``user`` says ``text`` in ``room`` (its active room by default); ``action``: /me."""
+        """``user`` says ``text`` in ``room`` (its active room by default); ``action``: /me.
+
+        Terminal control is removed from ``text`` (and from every text the registry takes).
+        """
         self.say_many(user, [text], room, action)
 
     def say_many(
         self, user: User, texts: list[str], room: str | None = None, action: bool = False
     ) -> None:
         """:meth:`say` for several lines at once: one fan-out carries them all."""
+        texts = [sanitize(text) for text in texts]  # a no-op scan for what a connection sends
         if room is None:
             target = user.active
             if target is None:
@@ -491,6 +496,7 @@ class ChatRegistry:
     def message(self, user: User, nick: str, text: str) -> str:
         """``user`` sends ``text`` to ``nick`` only; returns the recipient's nickname."""
         self._require_registered(user)
+        text = sanitize(text)
         target = self._users.get(name_key(nick))
         if target is None:
             raise ChatError(f"there is no one called {nick}")
@@ -511,6 +517,7 @@ class ChatRegistry:
             return
         if user.nick is None or self._users.get(user.key) is not user:
             return
+        reason = sanitize(reason)
         rooms = list(user.rooms)
         line = f"*** {user.nick} quit ({reason}){EOL}" if reason else f"*** {user.nick} quit{EOL}"
         self._notify_neighbours(user, line)
@@ -634,26 +641,26 @@ class Bot:
         self.registry.join(self.user, room)
 
     def part(self, room: str, reason: str = "") -> None:
-        self.registry.part(self.user, room, sanitize(reason))
+        self.registry.part(self.user, room, reason)
 
     def say(self, room: str, text: str) -> None:
         """Say ``text`` in ``room`` (joined before). Terminal control is removed."""
-        self.registry.say(self.user, sanitize(text), room)
+        self.registry.say(self.user, text, room)
 
     def act(self, room: str, text: str) -> None:
         """``/me text`` in ``room``."""
-        self.registry.say(self.user, sanitize(text), room, action=True)
+        self.registry.say(self.user, text, room, action=True)
 
     def message(self, nick: str, text: str) -> None:
         """A private message to ``nick``."""
-        self.registry.message(self.user, nick, sanitize(text))
+        self.registry.message(self.user, nick, text)
 
     def rename(self, nick: str) -> None:
         self.registry.set_nick(self.user, nick)
 
     def quit(self, reason: str = "") -> None:
         """Leave the server; the nickname becomes free."""
-        self.registry.quit(self.user, sanitize(reason))
+        self.registry.quit(self.user, reason)
 
     def disconnect(self, reason: str) -> None:
         """What :meth:`ChatRegistry.disconnect` calls: the bot quits."""
