@@ -1,0 +1,190 @@
+"""twistd wiring for broadcast: ``twistd -n netsvc-broadcast`` and ``--broadcast-*`` options.
+
+Standalone, the node always listens (and logs nodes joining and leaving);
+``--announce`` makes it announce itself, ``--discovery`` makes it answer
+``netsvc discover``. Both are off by default. In the suite (``twistd netsvc``) the node
+runs with ``--broadcast`` and advertises the ports of the other services it runs beside.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from netsvc.broadcast.interfaces import TargetSpec
+from netsvc.broadcast.service import (
+    DEFAULT_LIMITS,
+    DISCOVERY_PORT,
+    BroadcastLimits,
+    broadcast_service,
+)
+from netsvc.broadcast.wire import ServiceEntry, WireError, check_node_name
+from netsvc.tapkit import (
+    Flag,
+    Param,
+    ServiceSpec,
+    Values,
+    make_standalone_service,
+    non_negative_float,
+    port_number,
+    positive_int,
+    standalone_options,
+)
+
+__all__ = ["BROADCAST_SPEC", "Options", "build_broadcast", "makeService", "service_list"]
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"{text} is not a positive number")
+    return value
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def service_list(text: str) -> tuple[ServiceEntry, ...]:
+    """Parse ``name/proto/port,...`` (``tftp/udp/69,echo/tcp/7``)."""
+    entries = []
+    for item in _names(text):
+        parts = item.split("/")
+        if len(parts) != 3 or not parts[2].isdigit():
+            raise ValueError(f"{item!r} is not NAME/PROTOCOL/PORT (like tftp/udp/69)")
+        try:
+            entries.append(ServiceEntry(parts[0], parts[1].lower(), int(parts[2])))
+        except WireError as error:
+            raise ValueError(f"{item!r}: {error}") from None
+    return tuple(entries)
+
+
+def _targets(values: Values) -> TargetSpec:
+    return TargetSpec(
+        interfaces=_names(values["interfaces"]),
+        addresses=_names(values["addresses"]),
+        include_loopback=bool(values["loopback"]),
+        limited=bool(values["limited"]),
+    )
+
+
+def _limits(values: Values) -> BroadcastLimits:
+    return BroadcastLimits(
+        max_peers=values["max-peers"],
+        reply_rate=values["reply-rate"],
+        reply_burst=values["reply-burst"],
+    )
+
+
+def build_broadcast(values: Values, reactor: Any) -> IService:
+    """Build the broadcast node from option values (shared by the plugin and the suite)."""
+    interval = values["interval"]
+    return broadcast_service(
+        reactor,
+        name=values["name"] or None,
+        port=values["port"],
+        interface=values["interface"],
+        services=values["advertise"],
+        announce=bool(values["announce"]),
+        respond=bool(values["discovery"]),
+        interval=interval,
+        ttl=round(values["ttl"]) or None,
+        targets=_targets(values),
+        limits=_limits(values),
+    )
+
+
+def _check(values: Values) -> None:
+    try:
+        if values["name"]:
+            check_node_name(values["name"])
+        _targets(values)
+        _limits(values)
+    except (ValueError, WireError) as error:
+        raise usage.UsageError(str(error)) from None
+    ttl = values["ttl"]
+    if ttl and ttl < values["interval"]:
+        raise usage.UsageError(
+            "--ttl shorter than --interval: peers would expire between two announcements"
+        )
+
+
+BROADCAST_SPEC = ServiceSpec(
+    name="broadcast",
+    description="LAN broadcast: peer table, announcements, discovery replies",
+    params=[
+        Param(
+            "port",
+            DISCOVERY_PORT,
+            f"UDP port shared by all nodes ({DISCOVERY_PORT}).",
+            port_number,
+            "p",
+        ),
+        Param(
+            "interface",
+            "",
+            "Address to bind (default 0.0.0.0: needed to hear broadcasts).",
+            None,
+            "i",
+        ),
+        Param("name", "", "Node name shown by netsvc discover (default: the host name)."),
+        Param("interval", 10.0, "Seconds between announcements.", _positive_float),
+        Param(
+            "ttl",
+            0.0,
+            "Seconds listeners keep this node without news (0: three intervals).",
+            non_negative_float,
+        ),
+        Param(
+            "interfaces",
+            "",
+            "Announce on these interfaces only: names or addresses,"
+            " comma-separated (default: every non-loopback IPv4 interface).",
+        ),
+        Param(
+            "addresses",
+            "",
+            "Announce to these IPv4 addresses (comma-separated), e.g."
+            " 127.255.255.255; alone, no interface is used.",
+        ),
+        Param(
+            "advertise",
+            (),
+            "Services to advertise besides the suite's own, as NAME/PROTO/PORT,... (tftp/udp/69).",
+            service_list,
+        ),
+        Param(
+            "reply-rate",
+            DEFAULT_LIMITS.reply_rate,
+            "Discovery replies per second per source address.",
+            _positive_float,
+        ),
+        Param(
+            "reply-burst",
+            DEFAULT_LIMITS.reply_burst,
+            "Discovery replies a source may get at once.",
+            _positive_float,
+        ),
+        Param("max-peers", DEFAULT_LIMITS.max_peers, "Nodes kept in the peer table.", positive_int),
+    ],
+    flags=[
+        Flag("announce", "Announce this node periodically (off by default)."),
+        Flag("discovery", "Answer netsvc discover queries (off by default)."),
+        Flag("loopback", "Also announce on the loopback interface (127.255.255.255)."),
+        Flag("limited", "Also announce to 255.255.255.255 (limited broadcast)."),
+    ],
+    build=build_broadcast,
+    suite_switch="flag",
+    check=_check,
+)
+
+Options = standalone_options(BROADCAST_SPEC)
+
+
+def makeService(options: usage.Options) -> IService:
+    """Entry point of ``twistd netsvc-broadcast``."""
+    from twisted.internet import reactor  # twistd has installed its reactor by now
+
+    return make_standalone_service(BROADCAST_SPEC, options, reactor)
