@@ -287,6 +287,15 @@ class Listener:
         self.bytes = 0
         self.replied = 0
         self.not_answered = 0
+        #: True while blocked in ``recvfrom``: only then may an interrupt cut in.
+        self.waiting = False
+        self.stop_requested = False
+
+    def interrupt(self, signum: int, frame: FrameType | None) -> None:
+        """Signal handler: stop now if waiting, else after the datagram in hand."""
+        if self.waiting:
+            raise KeyboardInterrupt
+        self.stop_requested = True
 
     def handle(self, data: bytes, sender: tuple[str, int]) -> None:
         self.received += 1
@@ -309,13 +318,17 @@ class Listener:
             self.not_answered += 1
 
     def run(self, count: int | None = None) -> None:
-        while count is None or self.received < count:
-            data, sender = self.sock.recvfrom(MAX_DATAGRAM)
-            self.handle(data, sender)
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+        """Receive and handle datagrams until ``count`` or an interrupt (returns then)."""
+        try:
+            while not self.stop_requested and (count is None or self.received < count):
+                self.waiting = True
+                try:
+                    data, sender = self.sock.recvfrom(MAX_DATAGRAM)
+                finally:
+                    self.waiting = False
+                self.handle(data, sender)
+        except KeyboardInterrupt:
+            pass
 
 
 def _run_listen(args: argparse.Namespace) -> int:
@@ -346,7 +359,10 @@ def _run_listen(args: argparse.Namespace) -> int:
         reply_rate=args.reply_rate,
         timestamps=not args.no_time,
     )
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = {
+        signum: signal.signal(signum, listener.interrupt)
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
     host, port = sock.getsockname()[:2]
     print(
         f"listening on {format_address((host, port))} (UDP); Ctrl-C to stop",
@@ -355,10 +371,9 @@ def _run_listen(args: argparse.Namespace) -> int:
     )
     try:
         listener.run(args.count)
-    except KeyboardInterrupt:
-        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         sock.close()
     summary = f"received {listener.received} datagrams ({listener.bytes} bytes)"
     if reply is not None or args.echo:
