@@ -90,6 +90,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also send to 255.255.255.255 (limited broadcast, off unless asked)",
     )
+    parser.add_argument(
+        "-b", "--bind", default="", metavar="ADDRESS",
+        help="send from this local address (picks the interface of a 255.255.255.255 query "
+        "on hosts without a default route)",
+    )
     parser.add_argument("-s", "--service", type=_service, help="only nodes offering SERVICE")
     parser.add_argument(
         "-n",
@@ -182,7 +187,7 @@ def _run(args: argparse.Namespace) -> int:
                 timeout=args.timeout,
                 service=args.service,
                 max_nodes=args.count,
-                client=clients,
+                client=clients, interface=args.bind,
             )
         )
     except OSError as error:
