@@ -272,7 +272,7 @@ class UDPEchoProtocol(DatagramProtocol):
             limits.udp_max_sources,
             classify=_classify_source,
         )
-        self._lookup = self.sources.lookup
+        self._sources_table = self.sources.table
         self._clock = reactor.seconds
         self.dropped = 0
         self.write_errors = 0
@@ -280,7 +280,7 @@ class UDPEchoProtocol(DatagramProtocol):
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         # The hot path of the whole service, so TokenBucket.take's common case is inlined:
         # a known source with a token left costs one dict lookup and a subtraction.
-        admission = self._lookup(addr[0])
+        admission = self._sources_table.get(addr[0])
         if admission is None:
             admission = self.sources.admit(addr[0])
         if addr[1] in self.blocked_ports:

@@ -118,9 +118,13 @@ class PerKeyRateLimiter(Generic[K]):
             admission = self.admit(key)
         return admission.take(self.clock, cost)
 
-    def lookup(self, key: K) -> Admission | None:
-        """The admission of a known key, for hot paths that inline the token check."""
-        return self._admissions.get(key)
+    @property
+    def table(self) -> dict[K, Admission]:
+        """The admissions by key, for hot paths that inline the lookup and token check.
+
+        Read it only: add keys with :meth:`admit`, which keeps the table bounded.
+        """
+        return self._admissions
 
     def admit(self, key: K) -> Admission:
         """Create (and remember) the admission of a key seen for the first time."""
