@@ -9,6 +9,9 @@ Subpackages load on first use, so ``import netsvc`` stays cheap:
 * :mod:`netsvc.echo` -- RFC 862 echo over TCP and UDP (:func:`netsvc.echo.echo_service`);
 * :mod:`netsvc.tftp` -- TFTP wire format, engine, server, client and backends;
 * :mod:`netsvc.testing` -- in-memory UDP networking for tests (``FakeUDPReactor``);
+* :mod:`netsvc.chat` -- a multi-user line chat server (``twistd -n netsvc-chat``);
+* :mod:`netsvc.addr` -- IPv4/IPv6 address arithmetic (``netsvc addr``);
+* :mod:`netsvc.broadcast` -- LAN announcements, peer table and discovery;
 * :mod:`netsvc.ratelimit` -- token buckets shared by the services.
 """
 
@@ -19,7 +22,16 @@ from types import ModuleType
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "echo", "ratelimit", "testing", "tftp"]
+__all__ = [
+    "__version__",
+    "addr",
+    "broadcast",
+    "chat",
+    "echo",
+    "ratelimit",
+    "testing",
+    "tftp",
+]
 
 _SUBMODULES = frozenset(__all__) - {"__version__"}
 

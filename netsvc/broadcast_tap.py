@@ -170,13 +170,19 @@ BROADCAST_SPEC = ServiceSpec(
         Param("max-peers", DEFAULT_LIMITS.max_peers, "Nodes kept in the peer table.", positive_int),
     ],
     flags=[
-        Flag("announce", "Announce this node periodically (off by default)."),
-        Flag("discovery", "Answer netsvc discover queries (off by default)."),
+        Flag(
+            "announce", "Announce this node periodically (off by default).",
+            suite_name="announce",
+        ),
+        Flag(
+            "discovery", "Answer netsvc discover queries (off by default).",
+            suite_name="discovery",
+        ),
         Flag("loopback", "Also announce on the loopback interface (127.255.255.255)."),
         Flag("limited", "Also announce to 255.255.255.255 (limited broadcast)."),
     ],
     build=build_broadcast,
-    suite_switch="flag",
+    suite_switch=("announce", "discovery"),
     check=_check,
 )
 

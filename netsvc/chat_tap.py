@@ -4,8 +4,8 @@ Two specs share every limit option and differ only in how they listen:
 
 * :data:`CHAT_STANDALONE_SPEC` (``twistd netsvc-chat``, ``python -m netsvc.chat``):
   ``--port``/``--interface``, or ``--endpoint`` in their place;
-* :data:`CHAT_SPEC` (the suite, ``twistd netsvc``): chat runs when ``--chat-endpoint``
-  is given, e.g. ``--chat-endpoint tcp:7777`` (a bare ``7777`` works too).
+* :data:`CHAT_SPEC` (the suite, ``twistd netsvc``): chat runs when ``--chat``
+  is given, e.g. ``--chat tcp:7777`` (a bare ``7777`` works too).
 """
 
 from __future__ import annotations
@@ -124,6 +124,7 @@ _COMMON = [
         "endpoint", None,
         "Server endpoint replacing port and interface, e.g. tcp:7777:interface=\\:\\:1"
         " or tcp6:7777 (a bare port number means tcp:PORT).",
+        suite_name="chat",
     ),
     Param("charset", "utf-8", "Charset clients speak until they say /charset.", charset_name),
     Param(
@@ -210,7 +211,7 @@ CHAT_STANDALONE_SPEC = ServiceSpec(
     check=_check,
 )
 
-#: The suite's chat section: ``twistd netsvc --chat-endpoint tcp:7777``.
+#: The suite's chat section: ``twistd netsvc --chat tcp:7777``.
 CHAT_SPEC = ServiceSpec(
     name="chat",
     description="multi-user line chat over TCP",

@@ -6,12 +6,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from netsvc import __version__, echoping, tftp_cli
+from netsvc import __version__, addr, echoping, tftp_cli, udptools
+from netsvc.broadcast import cli as broadcast_cli
 
 __all__ = ["main"]
 
 #: Modules that each register one sub-command through ``add_parser(subparsers)``.
-COMMANDS = [echoping, tftp_cli]
+COMMANDS = [echoping, tftp_cli, addr, udptools, broadcast_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:

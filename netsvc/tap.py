@@ -9,11 +9,14 @@ from __future__ import annotations
 from twisted.application.service import IService
 from twisted.python import usage
 
+from netsvc.broadcast_tap import BROADCAST_SPEC
+from netsvc.chat_tap import CHAT_SPEC
 from netsvc.echo_tap import ECHO_SPEC
 from netsvc.tapkit import ServiceSpec, make_suite_service, suite_options
 from netsvc.tftp_tap import TFTP_SPEC
 
-SERVICES: list[ServiceSpec] = [ECHO_SPEC, TFTP_SPEC]
+# Broadcast last: the ports it announces are bound by the time it starts.
+SERVICES: list[ServiceSpec] = [ECHO_SPEC, TFTP_SPEC, CHAT_SPEC, BROADCAST_SPEC]
 
 Options = suite_options(SERVICES)
 

@@ -40,6 +40,8 @@ class Param:
     help: str
     coerce: Callable[[str], Any] | None = None
     short: str | None = None
+    #: Its name in the suite, when ``<service>-<name>`` is not wanted (``--chat``).
+    suite_name: str | None = None
 
 
 @attrs.frozen
@@ -49,6 +51,8 @@ class Flag:
     name: str
     help: str
     short: str | None = None
+    #: Its name in the suite, when ``<service>-<name>`` is not wanted (``--announce``).
+    suite_name: str | None = None
 
 
 Values = Mapping[str, Any]
@@ -66,9 +70,9 @@ class ServiceSpec:
     #: Build the service from option values keyed by unprefixed name, and a reactor.
     build: Callable[[Values, Any], IService]
     #: How the suite switches the service on: ``"default-on"`` (``--no-<name>`` turns it
-    #: off), ``"flag"`` (off unless ``--<name>``), or the name of a parameter that turns it
-    #: on when given a value (``"root"``: ``--tftp-root DIR``).
-    suite_switch: str = "default-on"
+    #: off), ``"flag"`` (off unless ``--<name>``), or the names of parameters or flags of
+    #: its own that turn it on when given (``("root",)``: ``--tftp-root DIR``).
+    suite_switch: str | tuple[str, ...] = "default-on"
     #: Checks on the values; raise ``usage.UsageError`` with a readable message.
     check: Callable[[Values], None] = lambda values: None
 
@@ -118,9 +122,13 @@ def _options_class(
     )
 
 
-def _param_row(param: Param, prefix: str = "") -> list[Any]:
-    short = None if prefix else param.short
-    return [prefix + param.name, short, param.default, param.help, param.coerce]
+def _suite_name(spec: ServiceSpec, option: Param | Flag) -> str:
+    return option.suite_name or f"{spec.name}-{option.name}"
+
+
+def _param_row(param: Param, name: str | None = None) -> list[Any]:
+    short = None if name else param.short
+    return [name or param.name, short, param.default, param.help, param.coerce]
 
 
 def standalone_options(spec: ServiceSpec) -> type[usage.Options]:
@@ -133,9 +141,8 @@ def standalone_options(spec: ServiceSpec) -> type[usage.Options]:
 
 
 def _values_for(spec: ServiceSpec, options: Mapping[str, Any]) -> dict[str, Any]:
-    prefix = spec.name + "-"
-    values = {p.name: options[prefix + p.name] for p in spec.params}
-    values.update({f.name: options[prefix + f.name] for f in spec.flags})
+    values = {p.name: options[_suite_name(spec, p)] for p in spec.params}
+    values.update({f.name: options[_suite_name(spec, f)] for f in spec.flags})
     return values
 
 
@@ -144,7 +151,9 @@ def _enabled(spec: ServiceSpec, options: Mapping[str, Any]) -> bool:
         return not options["no-" + spec.name]
     if spec.suite_switch == "flag":
         return bool(options[spec.name])
-    return options[f"{spec.name}-{spec.suite_switch}"] is not None
+    values = _values_for(spec, options)
+    switches = (spec.suite_switch,) if isinstance(spec.suite_switch, str) else spec.suite_switch
+    return any(values[name] not in (None, False) for name in switches)
 
 
 def suite_options(specs: Sequence[ServiceSpec]) -> type[usage.Options]:
@@ -156,9 +165,8 @@ def suite_options(specs: Sequence[ServiceSpec]) -> type[usage.Options]:
             flags.append([spec.name, None, f"Run {spec.description}"])
         elif spec.suite_switch == "default-on":
             flags.append(["no-" + spec.name, None, f"Do not run {spec.description}"])
-        prefix = spec.name + "-"
-        params.extend(_param_row(p, prefix) for p in spec.params)
-        flags.extend([prefix + f.name, None, f.help] for f in spec.flags)
+        params.extend(_param_row(p, _suite_name(spec, p)) for p in spec.params)
+        flags.extend([_suite_name(spec, f), None, f.help] for f in spec.flags)
 
     def check(options: usage.Options) -> None:
         enabled = [spec for spec in specs if _enabled(spec, options)]

@@ -378,7 +378,7 @@ def test_defaults_are_passive() -> None:
 
 def test_suite_switch(reactor: FakeUDPReactor) -> None:
     suite = suite_options([BROADCAST_SPEC])()
-    suite.parseOptions(["--broadcast", "--broadcast-discovery", "--broadcast-port", str(PORT)])
+    suite.parseOptions(["--discovery", "--broadcast-port", str(PORT)])
     root = make_suite_service([BROADCAST_SPEC], suite, reactor)
     root.startService()
     [child] = list(root)  # type: ignore[call-overload]

@@ -110,7 +110,7 @@ def test_suite_section_runs_chat_only_with_an_endpoint() -> None:
         [echo_tap.ECHO_SPEC, chat_tap.CHAT_SPEC], parse(suite, "--echo-port", "7007"), Clock()
     )
     assert not any(isinstance(s.factory, ChatFactory) for s in listeners_or_udp(without))
-    options = parse(suite, "--no-echo", "--chat-endpoint", "7777", "--chat-charset", "gb2312",
+    options = parse(suite, "--no-echo", "--chat", "7777", "--chat-charset", "gb2312",
                     "--chat-idle-timeout", "60")
     root = tapkit.make_suite_service([echo_tap.ECHO_SPEC, chat_tap.CHAT_SPEC], options, Clock())
     (listener,) = listeners(root)

@@ -7,11 +7,23 @@ time would slow every `twistd` invocation and break `twistd --reactor=...`.
 from twisted.application.service import ServiceMaker
 
 netsvc = ServiceMaker(
-    "netsvc", "netsvc.tap", "The netsvc suite: echo and TFTP in one process.", "netsvc"
+    "netsvc",
+    "netsvc.tap",
+    "The netsvc suite: echo, TFTP, chat and broadcast in one process.",
+    "netsvc",
 )
 netsvc_tftp = ServiceMaker(
     "netsvc-tftp", "netsvc.tftp_tap", "TFTP server (RFC 1350 + options).", "netsvc-tftp"
 )
 netsvc_echo = ServiceMaker(
     "netsvc-echo", "netsvc.echo_tap", "RFC 862 echo over TCP and UDP.", "netsvc-echo"
+)
+netsvc_chat = ServiceMaker(
+    "netsvc-chat", "netsvc.chat_tap", "Multi-user line chat over TCP.", "netsvc-chat"
+)
+netsvc_broadcast = ServiceMaker(
+    "netsvc-broadcast",
+    "netsvc.broadcast_tap",
+    "LAN broadcast: peer table, announcements, discovery replies.",
+    "netsvc-broadcast",
 )
