@@ -38,6 +38,7 @@ from netsvc.listening import (
     ListenGroup,
     TCPListenService,
     UDPListenService,
+    add_child,
     tcp_endpoint_description,
 )
 from netsvc.ratelimit import NEVER, Admission, PerKeyRateLimiter
@@ -323,8 +324,8 @@ def echo_service(
     if tcp:
         description = tcp_endpoint or tcp_endpoint_description(port, interface)
         factory = TCPEchoFactory(reactor, limits)
-        service.addService(TCPListenService(reactor, description, factory, what="TCP echo"))
+        add_child(service, TCPListenService(reactor, description, factory, what="TCP echo"))
     if udp:
         protocol = UDPEchoProtocol(reactor, limits)
-        service.addService(UDPListenService(reactor, port, protocol, interface, what="UDP echo"))
+        add_child(service, UDPListenService(reactor, port, protocol, interface, what="UDP echo"))
     return service

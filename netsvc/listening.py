@@ -32,6 +32,7 @@ __all__ = [
     "StartupError",
     "TCPListenService",
     "UDPListenService",
+    "add_child",
     "describe_listen_error",
     "listen_udp_quietly",
     "tcp_endpoint_description",
@@ -149,6 +150,11 @@ class ListenError(CannotListenError):
     def explain(self) -> str:
         """One line for humans (see :func:`describe_listen_error`)."""
         return describe_listen_error(self.what, self)
+
+
+def add_child(parent: MultiService, child: IService) -> None:
+    """Attach ``child`` to ``parent`` the way ``setServiceParent`` does (parent link too)."""
+    child.setServiceParent(parent)
 
 
 class ListenGroup(MultiService):

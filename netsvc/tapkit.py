@@ -19,7 +19,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
-from netsvc.listening import ListenError, StartupError, describe_listen_error
+from netsvc.listening import ListenError, StartupError, add_child, describe_listen_error
 
 __all__ = [
     "Flag",
@@ -207,7 +207,7 @@ class _ExplainBindErrors(MultiService):
 def make_standalone_service(spec: ServiceSpec, options: Values, reactor: Any) -> IService:
     """What ``makeService`` of ``twistd netsvc-<name>`` returns."""
     root = _ExplainBindErrors(f"netsvc-{spec.name}")
-    root.addService(spec.build(options, reactor))
+    add_child(root, spec.build(options, reactor))
     return root
 
 
@@ -219,5 +219,5 @@ def make_suite_service(specs: Sequence[ServiceSpec], options: Values, reactor: A
             child = spec.build(_values_for(spec, options), reactor)
             if isinstance(child, Service):
                 child.setName(spec.name)
-            root.addService(child)
+            add_child(root, child)
     return root

@@ -9,7 +9,7 @@ from netsvc.chat.limits import CHAT_PORT, DEFAULT_LIMITS, ChatLimits
 from netsvc.chat.protocol import DEFAULT_BANNER, ChatServer
 from netsvc.chat.registry import ChatRegistry
 from netsvc.chat.text import DEFAULT_CHARSET, Charset
-from netsvc.listening import ListenGroup, TCPListenService, tcp_endpoint_description
+from netsvc.listening import ListenGroup, TCPListenService, add_child, tcp_endpoint_description
 
 __all__ = ["ChatService", "chat_service", "endpoint_description"]
 
@@ -71,5 +71,5 @@ def chat_service(
     ]
     for description, listener_charset in listeners:
         factory = server.factory(listener_charset)
-        service.addService(TCPListenService(reactor, description, factory, what="TCP chat"))
+        add_child(service, TCPListenService(reactor, description, factory, what="TCP chat"))
     return service

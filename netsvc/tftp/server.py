@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from netsvc.echo import is_unanswerable_source
-from netsvc.listening import ListenGroup, UDPListenService, listen_udp_quietly
+from netsvc.listening import ListenGroup, UDPListenService, add_child, listen_udp_quietly
 from netsvc.ratelimit import NEVER, PerKeyRateLimiter
 from netsvc.tftp.backend import BackendError, IBackend, RequestContext
 from netsvc.tftp.engine import BlockReceiver, BlockSender, Outcome, RetransmitTimer, encode_error
@@ -448,5 +448,5 @@ def tftp_service(
     """A service serving ``backend`` over TFTP on ``interface``:``port``."""
     server = TFTPServer(reactor, backend, policy=policy, limits=limits, interface=interface)
     service = _TFTPService(server)
-    service.addService(UDPListenService(reactor, port, server, interface, what="TFTP"))
+    add_child(service, UDPListenService(reactor, port, server, interface, what="TFTP"))
     return service
