@@ -11,6 +11,7 @@ spec we derive:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ __all__ = [
     "Param",
     "ServiceSpec",
     "make_suite_service",
+    "run_foreground",
     "standalone_options",
     "suite_options",
 ]
@@ -221,3 +223,37 @@ def make_suite_service(specs: Sequence[ServiceSpec], options: Values, reactor: A
                 child.setName(spec.name)
             add_child(root, child)
     return root
+
+
+def run_foreground(
+    spec: ServiceSpec,
+    options_class: type[usage.Options],
+    argv: Sequence[str],
+    program: str,
+    started: Callable[[IService, usage.Options], None] = lambda service, options: None,
+) -> int:
+    """``python -m netsvc.<service>``: parse like the plugin, run in the foreground.
+
+    The same service as ``twistd netsvc-<name>``, without daemonising or a pid file: for a
+    quick try, benchmarks and containers. ``started`` reports where it listens. Returns
+    the exit status (2 for bad options, 1 when a port cannot be bound).
+    """
+    options = options_class()
+    try:
+        options.parseOptions(list(argv))
+    except usage.UsageError as error:
+        print(f"{options}\n{program}: {error}", file=sys.stderr)
+        return 2
+    from twisted.internet import reactor  # a command line, not a library: the global one
+
+    service = make_standalone_service(spec, options, reactor)
+    try:
+        service.privilegedStartService()
+        service.startService()
+    except StartupError as error:
+        print(error, file=sys.stderr)
+        return 1
+    started(service, options)
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    return 0

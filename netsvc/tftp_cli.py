@@ -53,6 +53,7 @@ from zope.interface import implementer
 from netsvc.tftp.backend import BackendError, IReader, IWriter, ThreadRunner
 from netsvc.tftp.client import TFTP_PORT, TFTPError, TransferResult, download, resolve, upload
 from netsvc.tftp.localfile import (
+    BufferedWriter,
     StdoutWriter,
     free_space,
     open_local_reader,
@@ -582,7 +583,7 @@ class _Transfer:
         except BackendError as error:
             _say(self.stderr, f"{local}: {error.message}")
             return exit_code_for(error)
-        self.storage = _CountingWriter(writer)
+        self.storage = _CountingWriter(BufferedWriter(writer))
         self.max_size = free_space(local)
         return None
 

@@ -347,7 +347,8 @@ def test_too_large_for_the_free_space_is_4_before_the_data(
 def test_local_disk_full_during_the_transfer_is_4(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reactor, _, _ = fake_network({"f": payload(50_000)}, record=True)
+    # Larger than the client's 64 KiB write buffer, so the disk fills mid-transfer.
+    reactor, _, _ = fake_network({"f": payload(300_000)}, record=True)
     real_write = os.write
     written = [0]
 

@@ -799,3 +799,37 @@ def test_upload_from_a_local_file(tmp_path: Path) -> None:
     result = finish(reactor, upload(reactor, SERVER_HOST, "dst", open_local_reader(path)))
     assert backend.files["dst"] == data and result.options.tsize == 10_000
 
+
+
+def test_buffered_writer_writes_in_chunks_and_everything_on_commit() -> None:
+    from netsvc.tftp.backend import MemoryWriter
+    from netsvc.tftp.localfile import BufferedWriter
+
+    chunks: list[int] = []
+    inner = MemoryWriter()
+    real_write = inner.write
+
+    def counting(data: bytes) -> None:
+        chunks.append(len(data))
+        real_write(data)
+
+    inner.write = counting  # type: ignore[method-assign]
+    writer = BufferedWriter(inner, size=1000)
+    for _ in range(25):
+        assert writer.write(b"x" * 100) is None
+    assert chunks == [1000, 1000]
+    done: list[object] = []
+    writer.commit().addBoth(done.append)
+    assert done == [None] and chunks == [1000, 1000, 500]
+    assert inner.committed and inner.data == b"x" * 2500
+
+
+def test_buffered_writer_abort_discards_the_buffer() -> None:
+    from netsvc.tftp.backend import MemoryWriter
+    from netsvc.tftp.localfile import BufferedWriter
+
+    inner = MemoryWriter()
+    writer = BufferedWriter(inner, size=1000)
+    writer.write(b"y" * 10)
+    writer.abort()
+    assert inner.aborted and inner.data == b""

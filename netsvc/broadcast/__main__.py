@@ -9,42 +9,32 @@ announcement when announcing).
 from __future__ import annotations
 
 import sys
-
-from twisted.python import usage
+from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    from netsvc.broadcast_tap import BROADCAST_SPEC, Options
-    from netsvc.listening import StartupError
-    from netsvc.tapkit import make_standalone_service
-
-    options = Options()
-    try:
-        options.parseOptions(sys.argv[1:] if argv is None else argv)
-    except usage.UsageError as error:
-        print(f"{options}\npython -m netsvc.broadcast: {error}", file=sys.stderr)
-        return 2
-
-    from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
+    from netsvc.broadcast_tap import BROADCAST_SPEC, Options
+    from netsvc.tapkit import run_foreground
+
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
-    service = make_standalone_service(BROADCAST_SPEC, options, reactor)
-    try:
-        service.privilegedStartService()
-        service.startService()
-    except StartupError as error:
-        print(error, file=sys.stderr)
-        return 1
+    return run_foreground(
+        BROADCAST_SPEC,
+        Options,
+        sys.argv[1:] if argv is None else argv,
+        "python -m netsvc.broadcast",
+        _print_node,
+    )
+
+
+def _print_node(service: object, options: Any) -> None:
     print(
         f"broadcast node on {options['interface'] or '0.0.0.0'} port {options['port']}"
         f" (announce: {'yes' if options['announce'] else 'no'},"
         f" discovery: {'yes' if options['discovery'] else 'no'})",
         flush=True,
     )
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    reactor.run()
-    return 0
 
 
 if __name__ == "__main__":

@@ -9,39 +9,27 @@ from __future__ import annotations
 
 import sys
 
-from twisted.python import usage
-
 
 def main(argv: list[str] | None = None) -> int:
     from netsvc.chat_tap import CHAT_STANDALONE_SPEC, Options
-    from netsvc.listening import StartupError
-    from netsvc.tapkit import make_standalone_service
+    from netsvc.tapkit import run_foreground
 
-    options = Options()
-    try:
-        options.parseOptions(sys.argv[1:] if argv is None else argv)
-    except usage.UsageError as error:
-        print(f"{options}\npython -m netsvc.chat: {error}", file=sys.stderr)
-        return 2
+    return run_foreground(
+        CHAT_STANDALONE_SPEC,
+        Options,
+        sys.argv[1:] if argv is None else argv,
+        "python -m netsvc.chat",
+        _print_endpoints,
+    )
 
-    from twisted.internet import reactor
 
-    service = make_standalone_service(CHAT_STANDALONE_SPEC, options, reactor)
-    try:
-        service.privilegedStartService()
-        service.startService()
-    except StartupError as error:
-        print(error, file=sys.stderr)
-        return 1
+def _print_endpoints(service: object, options: object) -> None:
     for child in _leaves(service):
         port = getattr(child, "port", None)
         if port is not None:
             host = port.getHost()
             print(f"chat on {getattr(host, 'host', host)} port {getattr(host, 'port', '')}",
                   flush=True)
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    reactor.run()
-    return 0
 
 
 def _leaves(service: object) -> list[object]:

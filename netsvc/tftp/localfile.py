@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from twisted.internet import defer
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from zope.interface import implementer
 
 from netsvc.tftp.backend import (
@@ -48,6 +48,7 @@ from netsvc.tftp.backend import (
 )
 
 __all__ = [
+    "BufferedWriter",
     "StdoutWriter",
     "free_space",
     "local_error",
@@ -253,3 +254,36 @@ def open_local_reader(path: str | os.PathLike[str]) -> FilesystemReader:
         os.close(fd)
         raise
     return FilesystemReader(fd, info.st_size)
+
+
+class BufferedWriter:
+    """Collects small blocks into writes of ``size`` bytes for another :class:`IWriter`.
+
+    A 512-byte blksize otherwise costs a ``write`` system call per block. For a client
+    this is safe: nothing appears under the target name before :meth:`commit`, which
+    writes the rest and then commits (fsync, rename) the inner writer.
+    """
+
+    def __init__(self, inner: Any, size: int = 64 * 1024) -> None:
+        self._inner = inner
+        self._size = size
+        self._buffer = bytearray()
+
+    def write(self, data: bytes) -> Deferred[None] | None:
+        self._buffer += data
+        if len(self._buffer) < self._size:
+            return None
+        chunk = bytes(self._buffer)
+        self._buffer.clear()
+        result: Deferred[None] | None = self._inner.write(chunk)
+        return result
+
+    def commit(self) -> Deferred[None]:
+        chunk = bytes(self._buffer)
+        self._buffer.clear()
+        written: Deferred[Any] = maybeDeferred(self._inner.write, chunk) if chunk else succeed(None)
+        return written.addCallback(lambda _: self._inner.commit())
+
+    def abort(self) -> None:
+        self._buffer.clear()
+        self._inner.abort()
