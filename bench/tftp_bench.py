@@ -5,8 +5,8 @@ Servers (``--servers``, comma list; every one is started by this script):
   hpa     tftpd-hpa:  in.tftpd -L -a HOST:PORT -s ROOT -u nobody  (C, one process per transfer)
   atftpd  atftpd --daemon --no-fork ... ROOT                       (C, one thread per transfer)
   pytftp  pytftp serve --listen HOST --port PORT ROOT              (the strongest Python server)
-  netsvc  python -m twisted netsvc-tftp --root ROOT ...           (skipped, with a message, when
-          the twistd plugin ``netsvc-tftp`` is not installed)
+  netsvc  python -m twisted --reactor=epoll netsvc-tftp --root ROOT ...  (skipped, with a
+          message, when the twistd plugin ``netsvc-tftp`` is not installed)
 ``--server NAME=CMD`` adds a server or replaces a built-in one. CMD is split like a shell line
 (no shell runs it) after filling in {host} {port} {root} {python} (this interpreter) and
 {bindir} (its directory, e.g. the venv's bin/).
@@ -125,7 +125,9 @@ BUILTIN_SERVERS = {
     "atftpd": "atftpd --daemon --no-fork --bind-address {host} --port {port}"
     " --user nobody --group nogroup --logfile /dev/null {root}",
     "pytftp": "{bindir}/pytftp serve --listen {host} --port {port} {root}",
-    "netsvc": "{python} -m twisted netsvc-tftp --root {root} --port {port} --interface {host}",
+    # --reactor=epoll: what twistd uses on Linux (`python -m twisted` alone picks another).
+    "netsvc": "{python} -m twisted --reactor=epoll netsvc-tftp --root {root} --port {port}"
+    " --interface {host}",
 }
 NETSVC_PLUGIN = "netsvc-tftp"
 BASELINE = "hpa"
