@@ -364,7 +364,8 @@ class Transfer(EngineSession):
 
     def after_event(self) -> None:
         super().after_event()
-        if self.succeeded and not self._logged:
+        # Runs per datagram: the cheap flags first (only a committed upload can qualify).
+        if self.committed and not self._logged and self.succeeded:
             # An upload is complete (committed and acknowledged) before its dally ends:
             # report it now, with its real duration, and stop counting it against the caps.
             self.server.release_slot(self)
