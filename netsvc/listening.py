@@ -11,7 +11,6 @@ import errno
 from collections.abc import Callable
 
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet import base, udp
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
@@ -21,9 +20,10 @@ from twisted.internet.interfaces import (
     IReactorCore,
     IReactorUDP,
 )
-from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
+
+from netsvc.udpport import UDP_MAX_PACKET_SIZE, listen_udp_quietly
 
 __all__ = [
     "UDP_MAX_PACKET_SIZE",
@@ -37,66 +37,6 @@ __all__ = [
     "listen_udp_quietly",
     "tcp_endpoint_description",
 ]
-
-#: Twisted's ``listenUDP`` silently truncates datagrams to ``maxPacketSize`` (8192 by
-#: default). Every UDP port netsvc opens takes the largest datagram IP can carry.
-UDP_MAX_PACKET_SIZE = 65536
-
-
-class _QuietUDPPort(udp.Port):
-    """``udp.Port`` minus its "starting on N" and "(UDP Port N Closed)" log lines.
-
-    A TFTP server opens one socket per transfer; Twisted's two lines per socket would
-    double the log volume of a busy server and break "one log event per transfer".
-    Only the two logging methods are replaced; they do what Twisted's do otherwise.
-    """
-
-    def __init__(
-        self, port: int, protocol: DatagramProtocol, interface: str, size: int, reactor: object
-    ) -> None:
-        udp.Port.__init__(self, port, protocol, interface, size, reactor)
-
-    def startListening(self) -> None:
-        udp.Port.startListening(self)
-
-    def _bindSocket(self) -> None:
-        try:
-            skt = self.createInternetSocket()
-            skt.bind((self.interface, self.port))
-        except OSError as error:
-            raise CannotListenError(self.interface, self.port, error) from error
-        self._realPortNumber = skt.getsockname()[1]
-        self.connected = 1
-        self.socket = skt
-        self.fileno = skt.fileno  # type: ignore[method-assign]  # as udp.Port does
-
-    def connectionLost(self, reason: object = None) -> None:
-        self._realPortNumber = None
-        self.maxThroughput = -1
-        base.BasePort.connectionLost(self, reason)
-        self.protocol.doStop()
-        self.socket.close()
-        del self.socket
-        del self.fileno
-        if hasattr(self, "d"):
-            self.d.callback(None)
-            del self.d
-
-
-def listen_udp_quietly(
-    reactor: IReactorUDP,
-    port: int,
-    protocol: DatagramProtocol,
-    interface: str = "",
-    max_packet_size: int = UDP_MAX_PACKET_SIZE,
-) -> IListeningPort:
-    """``reactor.listenUDP`` without Twisted's per-socket log lines, for short-lived
-    sockets (one per transfer). Other reactors (test fakes) get a plain ``listenUDP``."""
-    if not isinstance(reactor, PosixReactorBase):
-        return reactor.listenUDP(port, protocol, interface, max_packet_size)
-    listening = _QuietUDPPort(port, protocol, interface, max_packet_size, reactor)
-    listening.startListening()
-    return listening
 
 
 class StartupError(SystemExit, Exception):

@@ -341,3 +341,78 @@ def test_timer_arithmetic_follows_rfc_6298() -> None:
     assert timer.rto == pytest.approx(0.5)
     timer.sample(0.1)
     assert timer.backoff == 1
+
+
+class CountingSource:
+    """A source of ``size`` bytes that counts reads and can say "not yet" (``None``)."""
+
+    def __init__(self, size: int) -> None:
+        self.data = bytes(range(256)) * (size // 256 + 1)
+        self.size = size
+        self.offset = 0
+        self.reads = 0
+        self.ready = True
+
+    def read(self, n: int) -> bytes | None:
+        if not self.ready:
+            return None
+        self.reads += 1
+        chunk = self.data[self.offset : min(self.offset + n, self.size)]
+        self.offset += len(chunk)
+        return chunk
+
+
+def block_numbers(datagrams: list[bytes]) -> list[int]:
+    return [struct.unpack("!HH", d[:4])[1] for d in datagrams]
+
+
+def test_sender_builds_the_next_window_while_waiting_for_the_ack() -> None:
+    sent: list[bytes] = []
+    source = CountingSource(512 * 20)
+    sender = BlockSender(sent.append, source.read, now=0.0, windowsize=4)
+    assert block_numbers(sent) == [1, 2, 3, 4]
+    assert source.reads == 8  # the window, and the next one built ahead
+    reads_before_ack = source.reads
+    sender.on_ack(4, 0.01)
+    assert block_numbers(sent[4:]) == [5, 6, 7, 8]  # were ready: sent as they were
+    assert source.reads == reads_before_ack + 4  # only the window after them is read
+    assert sent[4] == encode_data(5, source.data[4 * 512 : 5 * 512])
+
+
+def test_lockstep_sender_has_the_next_block_ready_before_the_ack() -> None:
+    sent: list[bytes] = []
+    source = CountingSource(512 * 3 + 7)
+    sender = BlockSender(sent.append, source.read, now=0.0)
+    assert block_numbers(sent) == [1] and source.reads == 2
+    for block in (1, 2, 3):
+        sender.on_ack(block, 0.01 * block)
+    assert block_numbers(sent) == [1, 2, 3, 4] and len(sent[-1]) == 4 + 7
+    assert source.reads == 4  # the short final block ends the reading
+    sender.on_ack(4, 0.1)
+    assert sender.outcome is Outcome.COMPLETE and sender.stats.bytes == 512 * 3 + 7
+
+
+def test_blocks_built_ahead_are_bounded_in_bytes() -> None:
+    source = CountingSource(65464 * 64)
+    BlockSender(lambda d: None, source.read, now=0.0, blksize=65464, windowsize=16)
+    assert source.reads == 16 + 2  # a window, and 128 KiB ahead at most
+
+
+def test_a_source_that_is_not_ready_stalls_only_the_blocks_ahead() -> None:
+    sent: list[bytes] = []
+    source = CountingSource(512 * 8)
+    source.ready = False
+    sender = BlockSender(sent.append, source.read, now=0.0, windowsize=2)
+    assert sent == [] and sender.deadline is not None
+    source.ready = True
+    sender.resume(0.01)  # the window goes out; the next one is built
+    assert block_numbers(sent) == [1, 2] and source.reads == 4
+    source.ready = False
+    sender.on_ack(2, 0.02)  # blocks 3-4 were ready; 5-6 are not yet
+    assert block_numbers(sent[2:]) == [3, 4]
+    deadline = sender.deadline
+    source.ready = True
+    sender.resume(0.03)  # nothing new to send (3-4 are in flight): only built ahead
+    assert len(sent) == 4 and sender.deadline == deadline and source.reads == 6
+    sender.on_ack(4, 0.04)
+    assert block_numbers(sent[4:]) == [5, 6]

@@ -26,7 +26,6 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 
-from netsvc.listening import UDP_MAX_PACKET_SIZE
 from netsvc.tftp.backend import BackendError
 from netsvc.tftp.engine import BlockReceiver, BlockSender, RetransmitTimer, encode_error
 from netsvc.tftp.options import Negotiated, OptionNegotiationError, check_oack, request_options
@@ -41,6 +40,7 @@ from netsvc.tftp.packets import (
 )
 from netsvc.tftp.session import EngineSession
 from netsvc.tftp.textmode import NetasciiReader, NetasciiWriter
+from netsvc.udpport import listen_udp_quietly
 
 __all__ = ["TFTPError", "TransferResult", "download", "resolve", "upload"]
 
@@ -131,7 +131,7 @@ class _ClientSession(EngineSession):
 
     def start(self) -> None:
         interface = "::" if ":" in self.server[0] else ""
-        self.port = self.reactor.listenUDP(0, self, interface, UDP_MAX_PACKET_SIZE)
+        self.port = listen_udp_quietly(self.reactor, 0, self, interface)
         self._send_request()
 
     def _send_request(self) -> None:
@@ -245,6 +245,7 @@ class _ClientSession(EngineSession):
                 windowsize=negotiated.windowsize,
                 timer=timer,
                 give_up_after=self.give_up_after,
+                send_many=self.send_many_to_peer,
             )
         self.fit_packet_size()
         self.after_event()

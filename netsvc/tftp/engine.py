@@ -56,6 +56,10 @@ Send = Callable[[bytes], None]
 #: Blocks a lock-step sender may have in flight while it probes after timeouts.
 _PROBE_BLOCKS = 4
 
+# A sender builds the blocks after its window while it waits for the ACK, so that the
+# ACK is answered with one send; at most this many bytes (and one window) are built ahead.
+_STAGE_BYTES = 128 * 1024
+
 
 def encode_error(code: int, message: str) -> bytes:
     """An ERROR datagram (the message is truncated to keep the datagram small)."""
@@ -271,10 +275,14 @@ class BlockSender(_Engine):
         self.read = read
         # Absolute block numbers (never wrapped); the wire carries them modulo 65536.
         self._window: list[bytes] = []  # datagrams of blocks base .. base+len-1
+        # Built ahead of their turn: blocks base+len(window) .. (see _stage)
+        self._staged: list[bytes] = []
+        self._stage_limit = max(1, min(windowsize, _STAGE_BYTES // blksize))
         self._base = 0 if preamble is not None else 1
         self._next = self._base  # next block to transmit (index into the window + base)
         self._last_block: int | None = None  # absolute number of the final (short) block
         self._rewound_at = -1  # ACK value that last caused a rewind (once per value)
+        self._reading_stalled = False  # read() said "not yet": wait for resume()
         self._lockstep = windowsize == 1
         #: Optional ``send_many(datagrams)`` for a window's worth at once (one system call
         #: with UDP segmentation offload); ``send`` is used one by one without it.
@@ -287,17 +295,49 @@ class BlockSender(_Engine):
         else:
             self._fill_window()
         self._transmit(now)
+        self._stage()
+
+    def _read_block(self, block: int) -> bytes | None:
+        """The DATA datagram of ``block`` (the next one to read), or ``None`` for now."""
+        payload = self.read(self.blksize)
+        if payload is None:
+            self._reading_stalled = True  # the source has nothing yet: until resume()
+            return None
+        if len(payload) < self.blksize:
+            self._last_block = block
+        return _pack_header(3, block & 0xFFFF) + payload
 
     def _fill_window(self) -> None:
         window = self._window
-        while len(window) < self.windowsize and self._last_block is None:
-            block = self._base + len(window)
-            payload = self.read(self.blksize)
-            if payload is None:
-                break  # the source has nothing yet; the caller will call resume()
-            if len(payload) < self.blksize:
-                self._last_block = block
-            window.append(_pack_header(3, block & 0xFFFF) + payload)
+        staged = self._staged
+        while len(window) < self.windowsize:
+            if staged:
+                window.append(staged.pop(0))
+                continue
+            if self._last_block is not None:
+                break
+            datagram = self._read_block(self._base + len(window))
+            if datagram is None:
+                break
+            window.append(datagram)
+
+    def _stage(self) -> None:
+        """Build the blocks after the window now, while the peer works on the window.
+
+        Answering an ACK is then a send of ready datagrams: reading and packing are off
+        the round trip that paces a transfer.
+        """
+        staged = self._staged
+        while (
+            len(staged) < self._stage_limit
+            and self._last_block is None
+            and self.outcome is None
+            and not self._reading_stalled
+        ):
+            datagram = self._read_block(self._base + len(self._window) + len(staged))
+            if datagram is None:
+                return
+            staged.append(datagram)
 
     def _transmit(self, now: float) -> None:
         """Send every block from ``_next`` to the end of the window; arm the timer."""
@@ -347,12 +387,10 @@ class BlockSender(_Engine):
         sent_end = self._next - 1
         if acked > sent_end:
             return
-        if acked == sent_end == base and self._lockstep and self._last_block is None:
+        if acked == sent_end == base and self._lockstep and self._staged:
             # The common case of RFC 1350 lock-step, kept short: it runs once per block.
-            payload = self.read(self.blksize)
-            if payload is not None:
-                self._next_lockstep_block(base, payload, now)
-                return
+            self._next_lockstep_block(base, self._staged.pop(0), now)
+            return
         if acked >= base:
             done = acked - base + 1
             sent_at = self._sent_at[done - 1]
@@ -379,6 +417,7 @@ class BlockSender(_Engine):
                 self._rewind(acked, base)
             self._fill_window()
             self._transmit(now)
+            self._stage()
         elif self.windowsize > 1 and acked < sent_end and acked != self._rewound_at:
             # No progress, blocks outstanding: the first block of the window was lost.
             # Rewind once per ACK value, so duplicated ACKs cannot multiply traffic.
@@ -386,9 +425,9 @@ class BlockSender(_Engine):
             self._transmit(now)
         # Lock-step duplicate ACK: ignore it (Sorcerer's Apprentice).
 
-    def _next_lockstep_block(self, acked: int, payload: bytes, now: float) -> None:
-        """Windowsize 1, block ``acked`` (not the last, not the preamble) acknowledged:
-        send the next one. Same effect as the general path of :meth:`on_ack`."""
+    def _next_lockstep_block(self, acked: int, datagram: bytes, now: float) -> None:
+        """Windowsize 1, block ``acked`` (not the last) acknowledged and the next one's
+        ``datagram`` staged: send it. Same effect as the general path of :meth:`on_ack`."""
         sent_at = self._sent_at[0]
         if sent_at >= 0:
             self.timer.sample(now - sent_at)
@@ -404,13 +443,14 @@ class BlockSender(_Engine):
         block = acked + 1
         self._base = block
         self._next = block + 1
-        if len(payload) < self.blksize:
-            self._last_block = block
-        datagram = _pack_header(3, block & 0xFFFF) + payload
         self._window[0] = datagram
         self._sent_at[0] = now
         self.send(datagram)
         self.deadline = now + self.timer.rto
+        if self._last_block is None and not self._reading_stalled:
+            following = self._read_block(block + 1)
+            if following is not None:
+                self._staged.append(following)
 
     def _rewind(self, acked: int, base: int) -> None:
         self._rewound_at = acked
@@ -419,9 +459,12 @@ class BlockSender(_Engine):
 
     def resume(self, now: float) -> None:
         """The source has data again: fill the window and send what is new."""
+        self._reading_stalled = False
         if self.outcome is None:
             self._fill_window()
-            self._transmit(now)
+            if self._next < self._base + len(self._window):
+                self._transmit(now)
+            self._stage()
 
     def on_timeout(self, now: float) -> None:
         """The deadline passed: retransmit the window from its first block, or give up."""
@@ -460,15 +503,14 @@ class BlockSender(_Engine):
         (RFC 1350), so this costs at most a few wasted datagrams per timeout.
         """
         window = self._window
-        if len(window) >= _PROBE_BLOCKS or self._base == 0 or self._last_block is not None:
-            return  # enough in flight, the OACK, or the last block is already out
-        payload = self.read(self.blksize)
-        if payload is None:
-            return
-        block = self._base + len(window)
-        if len(payload) < self.blksize:
-            self._last_block = block
-        window.append(_pack_header(3, block & 0xFFFF) + payload)
+        if len(window) >= _PROBE_BLOCKS or self._base == 0:
+            return  # enough in flight, or the OACK
+        if self._staged:
+            window.append(self._staged.pop(0))
+        elif self._last_block is None:
+            datagram = self._read_block(self._base + len(window))
+            if datagram is not None:
+                window.append(datagram)
 
 
 class BlockReceiver(_Engine):

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from netsvc.echo import is_unanswerable_source
-from netsvc.listening import ListenGroup, UDPListenService, add_child, listen_udp_quietly
+from netsvc.listening import ListenGroup, UDPListenService, add_child
 from netsvc.ratelimit import NEVER, PerKeyRateLimiter
 from netsvc.tftp.backend import BackendError, IBackend, RequestContext
 from netsvc.tftp.engine import BlockReceiver, BlockSender, Outcome, RetransmitTimer, encode_error
@@ -41,6 +41,7 @@ from netsvc.tftp.packets import (
 )
 from netsvc.tftp.session import EngineSession
 from netsvc.tftp.textmode import NetasciiReader, NetasciiWriter
+from netsvc.udpport import listen_udp_quietly
 
 __all__ = ["TFTP_PORT", "TFTPServer", "TFTPServerLimits", "Transfer", "tftp_service"]
 

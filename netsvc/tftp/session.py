@@ -265,6 +265,11 @@ class EngineSession(DatagramProtocol):
             return
         if isinstance(engine, BlockReceiver):
             port.maxPacketSize = engine.blksize + 5
+            coalesce = getattr(port, "coalesce", None)
+            if coalesce is not None and engine.windowsize > 1:
+                # A window of blocks arrives as a burst: with receive offload, a whole
+                # window sent with segmentation offload is one read instead of many.
+                coalesce()
         else:
             port.maxPacketSize = 1024  # ACKs, and ERRORs with a message of any sane length
             if hasattr(port, "maxThroughput"):
