@@ -245,7 +245,6 @@ class _ClientSession(EngineSession):
                 windowsize=negotiated.windowsize,
                 timer=timer,
                 give_up_after=self.give_up_after,
-                send_many=self.send_many_to_peer,
             )
         self.fit_packet_size()
         self.after_event()

@@ -311,7 +311,6 @@ class Transfer(EngineSession):
             preamble=OACK(negotiated.oack_items()).encode() if negotiated.granted else None,
             give_up_after=limits.idle_timeout,
             first_contact_retries=limits.first_contact_retries,
-            send_many=self.send_many_to_peer,
         )
         self.fit_packet_size()
         self.after_event()
