@@ -1,4 +1,4 @@
-"""``python -m netsvc`` is the ``netsvc`` command."""
+"""``python -m netsvc``: the same client tools as the ``netsvc`` console command."""
 
 import sys
 

@@ -3,33 +3,44 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
-from netsvc import __version__, addr, echoping, tftp_cli, udptools
-from netsvc.broadcast import cli as broadcast_cli
+from netsvc import __version__
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "build_parser", "main"]
 
-#: Modules that each register one sub-command through ``add_parser(subparsers)``.
-COMMANDS = [echoping, tftp_cli, addr, udptools, broadcast_cli]
+#: Sub-command name -> the module that registers it through ``add_parser(subparsers)``.
+#: Only the module of the command being run is imported: the TFTP client pulls in
+#: Twisted (~0.1 s), which the other tools do not need.
+COMMANDS = {
+    "echoping": "netsvc.echoping",
+    "tftp": "netsvc.tftp_cli",
+    "addr": "netsvc.addr",
+    "udp": "netsvc.udptools",
+    "discover": "netsvc.broadcast.cli",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full command line, with every sub-command registered."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line, with every sub-command registered (or just ``only``)."""
     parser = argparse.ArgumentParser(
         prog="netsvc", description="Client tools for the netsvc network services."
     )
     parser.add_argument("--version", action="version", version=f"netsvc {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for command in COMMANDS:
-        command.add_parser(subparsers)
+    for name, module in COMMANDS.items():
+        if only is None or name == only:
+            importlib.import_module(module).add_parser(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit status."""
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    command = arguments[0] if arguments and arguments[0] in COMMANDS else None
+    args = build_parser(command).parse_args(arguments)
     try:
         status: int = args.func(args)
     except KeyboardInterrupt:
