@@ -36,6 +36,7 @@ def build_echo(values: Values, reactor: Any) -> IService:
         idle_timeout=_off_if_zero(values["idle-timeout"]),
         udp_rate=_off_if_zero(values["udp-rate"]),
         udp_burst=values["udp-burst"],
+        udp_limit_loopback=bool(values["udp-limit-loopback"]),
     )
     return echo_service(
         reactor,
@@ -108,7 +109,15 @@ ECHO_SPEC = ServiceSpec(
             _burst,
         ),
     ],
-    flags=[Flag("no-tcp", "Do not serve TCP echo."), Flag("no-udp", "Do not serve UDP echo.")],
+    flags=[
+        Flag("no-tcp", "Do not serve TCP echo."),
+        Flag("no-udp", "Do not serve UDP echo."),
+        Flag(
+            "udp-limit-loopback",
+            "Rate-limit loopback sources too (by default they are exempt: they cannot be "
+            "forged from the network, so they are no reflection victims).",
+        ),
+    ],
     build=build_echo,
     check=_check,
 )

@@ -185,6 +185,29 @@ def test_udp_rate_limit_per_source_and_refill() -> None:
     assert len(transport.written) == 11
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.3.4.5", "::1", "::ffff:127.0.0.1"])
+def test_loopback_sources_are_exempt_from_the_rate_limit_by_default(host: str) -> None:
+    protocol, transport, _ = udp_echo(EchoLimits(udp_rate=10, udp_burst=5))
+    for _ in range(50):
+        protocol.datagramReceived(b"x", (host, 40000))
+    assert len(transport.written) == 50 and protocol.dropped == 0
+
+
+def test_loopback_sources_can_be_rate_limited_too() -> None:
+    limits = EchoLimits(udp_rate=10, udp_burst=5, udp_limit_loopback=True)
+    protocol, transport, _ = udp_echo(limits)
+    for _ in range(50):
+        protocol.datagramReceived(b"x", ("127.0.0.1", 40000))
+    assert len(transport.written) == 5 and protocol.dropped == 45
+
+
+def test_loopback_exemption_keeps_the_other_guards() -> None:
+    protocol, transport, _ = udp_echo(EchoLimits(udp_rate=10, udp_burst=5))
+    protocol.datagramReceived(b"x", ("127.0.0.1", 19))  # chargen: never answered
+    protocol.datagramReceived(b"x", ("127.255.255.255", 40000))  # loopback broadcast
+    assert transport.written == []
+
+
 def test_udp_rate_limit_off() -> None:
     protocol, transport, _ = udp_echo(EchoLimits(udp_rate=None))
     for _ in range(1000):

@@ -63,6 +63,13 @@ def test_echo_options_reach_the_services() -> None:
     assert udp.protocol.sources.rate is None
 
 
+def test_echo_loopback_rate_limit_switch() -> None:
+    for argv, expected in [((), False), (("--udp-limit-loopback",), True)]:
+        services = leaves(echo_tap.makeService(parse(echo_tap.Options, *argv)))
+        udp = next(s for s in services if isinstance(s, UDPListenService))
+        assert udp.protocol.limits.udp_limit_loopback is expected
+
+
 def test_echo_tcp_endpoint_overrides_and_switches() -> None:
     options = parse(echo_tap.Options, "--tcp", "tcp:17007:interface=127.0.0.1", "--no-udp")
     services = leaves(echo_tap.makeService(options))
