@@ -39,7 +39,8 @@ class QuietUDPPort(udp.Port):
 
     A TFTP server opens one socket per transfer; Twisted's two lines per socket would
     double the log volume of a busy server and break "one log event per transfer".
-    Only the two logging methods are replaced; they do what Twisted's do otherwise.
+    The two logging methods are replaced (they do what Twisted's do otherwise), and
+    ``doRead``, which also reads coalesced datagrams once :meth:`coalesce` is on.
     """
 
     #: Whether reads return coalesced runs of datagrams (see :meth:`coalesce`).
