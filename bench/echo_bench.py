@@ -71,6 +71,9 @@ DEFAULT_SERVERS = (
     "netsvc={python} -m twisted --reactor=epoll netsvc-echo --port {port} --interface 127.0.0.1",
 )
 
+#: CPUs the servers are moved to as they start (``--split-cpus``); empty: inherited.
+SERVER_CPUS: set[int] = set()
+
 UDP_RESEND_AFTER = 0.2  # seconds without an answer before a datagram counts as lost
 POLL_INTERVAL = 0.05  # epoll timeout: how often the loops look at the clock when idle
 DRAIN_TIMEOUT = 5.0  # tcp-bulk: time allowed for the echo of the last bytes in flight
@@ -107,6 +110,7 @@ class Settings:
     deadline: float
     port: int
     pin_cpu: int | None
+    split_cpus: tuple[int, int] | None  # (servers, this client)
 
 
 # ----------------------------------------------------------------------------- /proc
@@ -244,6 +248,9 @@ class ServerProcess:
             start_new_session=True,
         )
         self.pgid = self.proc.pid
+        if SERVER_CPUS:
+            # Threads the server starts later inherit this from its main thread.
+            os.sched_setaffinity(self.proc.pid, SERVER_CPUS)
 
     def wait_ready(self, protos: Sequence[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -964,8 +971,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="N",
         help="run this client and the servers on CPU N only (taskset)",
     )
+    p.add_argument(
+        "--split-cpus",
+        metavar="S,C",
+        help="run the servers on CPU S and this client on CPU C (no shared-CPU runs)",
+    )
     p.add_argument("--json", metavar="FILE", help="also write every result to FILE")
     args = p.parse_args(argv)
+    if args.split_cpus is not None:
+        try:
+            server_cpu, client_cpu = (int(part) for part in args.split_cpus.split(","))
+        except ValueError:
+            p.error("--split-cpus wants two CPU numbers, e.g. 0,1")
+        if server_cpu == client_cpu or args.pin_cpu is not None:
+            p.error("--split-cpus wants two different CPUs, and not with --pin-cpu")
+        args.split_cpus = (server_cpu, client_cpu)
     if args.runs < 1 or args.duration <= 0 or args.warmup < 0 or args.size < 8:
         p.error("need --runs >= 1, --duration > 0, --warmup >= 0, --size >= 8")
     if args.flows < 1 or args.idle_conns < 1 or args.idle_pending < 1:
@@ -1098,6 +1118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         deadline=args.deadline,
         port=args.port,
         pin_cpu=args.pin_cpu,
+        split_cpus=args.split_cpus,
     )
     servers = parse_servers(args.servers)
     rows = select_rows(build_rows(settings), args.rows)
@@ -1106,6 +1127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if settings.pin_cpu not in os.sched_getaffinity(0):
             raise SystemExit(f"CPU {settings.pin_cpu} is not available to this process")
         os.sched_setaffinity(0, {settings.pin_cpu})  # the servers inherit it
+    if settings.split_cpus is not None:
+        server_cpu, client_cpu = settings.split_cpus
+        if not {server_cpu, client_cpu} <= os.sched_getaffinity(0):
+            raise SystemExit(f"CPUs {server_cpu},{client_cpu} are not both available")
+        SERVER_CPUS.add(server_cpu)
+        os.sched_setaffinity(0, {client_cpu})
     nofile = raise_nofile(settings.idle_conns + 256)  # the servers inherit it too
     if any(r.key == "idle" for r in rows) and nofile < settings.idle_conns + 64:
         raise SystemExit(f"RLIMIT_NOFILE is {nofile}: too low for {settings.idle_conns} conns")
@@ -1113,6 +1140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
 
     pinned = "cpu" + str(settings.pin_cpu) if settings.pin_cpu is not None else "no"
+    if settings.split_cpus is not None:
+        pinned = "split(servers=cpu{},client=cpu{})".format(*settings.split_cpus)
     log(
         f"# echo_bench: {', '.join(s.name for s in servers)} (baseline {servers[0].name}); "
         f"runs={settings.runs} duration={settings.duration}s warmup={settings.warmup}s "
