@@ -215,10 +215,16 @@ class TFTPServer:
 
 
 def curl(*args: str, max_time: float = CLIENT_TIMEOUT) -> list[str]:
-    """curl, silent but for errors, always bounded (``-m`` and ``--connect-timeout``)."""
+    """curl, silent but for errors, always bounded (``-m`` and ``--connect-timeout``).
+
+    A 1-byte curl upload once failed in CI with exit 28 under a 5 s connect timeout,
+    right after the pip install: curl seems to apply its connect timeout to short TFTP
+    transfers, and an upload's final ACK waits for the server's fsync, which is slow
+    while the disk is flushing (the likely cause, not proven). Hence 30 s.
+    """
     return [
         require("curl"), "--silent", "--show-error", "-m", str(int(max_time)),
-        "--connect-timeout", "5", *args,
+        "--connect-timeout", "30", *args,
     ]
 
 
