@@ -254,12 +254,9 @@ def is_unanswerable_source(host: str) -> bool:
     Covers limited broadcast, multicast, unspecified and reserved class E sources, in
     IPv4, IPv6 and IPv4-mapped IPv6 form (what a dual-stack socket reports).
     """
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
+    address = _source_address(host)
+    if address is None:
         return True
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
     if isinstance(address, ipaddress.IPv4Address):
         return (
             address.is_multicast
@@ -271,6 +268,17 @@ def is_unanswerable_source(host: str) -> bool:
 
 
 _LOOPBACK_BROADCAST = ipaddress.IPv4Address("127.255.255.255")
+
+
+def _source_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``host`` as an address (IPv4-mapped IPv6 as IPv4, zone dropped); None if invalid."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 class UDPEchoProtocol(DatagramProtocol):
@@ -328,10 +336,8 @@ def _classify_local_source(host: str) -> Admission | None:
 
 
 def _is_loopback(host: str) -> bool:
-    address = ipaddress.ip_address(host.split("%", 1)[0])  # valid: not unanswerable
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
+    address = _source_address(host)
+    return address is not None and address.is_loopback
 
 
 def echo_service(
