@@ -97,11 +97,8 @@ Uploads (only with ``writable=True``):
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import re
-import secrets
 import stat
 import time
 from collections.abc import Callable
@@ -112,9 +109,22 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import Attribute, Interface, classImplements, implementer
 
-from netsvc.tftp.packets import ERROR, RRQ, WRQ, ErrorCode, Mode
+from netsvc.tftp.files import (
+    TEMP_SUFFIX,
+    AccessViolation,
+    BackendError,
+    DiskFull,
+    FileExists,
+    FileNotFound,
+    FilesystemReader,
+    IllegalRequest,
+    TempFileWriter,
+    create_temp_file,
+    from_os_error,
+)
+from netsvc.tftp.packets import RRQ, WRQ, Mode
 
 __all__ = [
     "TEMP_SUFFIX",
@@ -137,95 +147,11 @@ __all__ = [
     "cleanup_stale_temp_files",
 ]
 
-#: How every upload temporary file name ends (see :func:`cleanup_stale_temp_files`).
-TEMP_SUFFIX = ".netsvc.part"
-
 #: Runs ``f(*args)`` in a thread and returns a Deferred of its result (like
 #: :func:`twisted.internet.threads.deferToThread`).
 ThreadRunner = Callable[..., "Deferred[Any]"]
 
-
-# -- errors ----------------------------------------------------------------------------------
-
-
-class BackendError(Exception):
-    """A request the backend refuses or a transfer it cannot complete.
-
-    ``code`` and ``message`` are meant for the ERROR packet: the message must be safe to
-    show to the client (no server paths).
-    """
-
-    code: ErrorCode = ErrorCode.NOT_DEFINED
-    default_message = "Undefined error"
-
-    def __init__(self, message: str | None = None, code: ErrorCode | None = None) -> None:
-        self.message: str = message if message is not None else self.default_message
-        if code is not None:
-            self.code = code
-        super().__init__(self.message)
-
-    def __str__(self) -> str:
-        return self.message
-
-    def to_packet(self) -> ERROR:
-        """The ERROR packet that reports this error to the peer."""
-        return ERROR(self.code, self.message)
-
-
-class FileNotFound(BackendError):  # noqa: N818 (TFTP's own names)
-    """ERROR 1: no such file (or directory)."""
-
-    code = ErrorCode.FILE_NOT_FOUND
-    default_message = "File not found"
-
-
-class AccessViolation(BackendError):  # noqa: N818 (TFTP's own names)
-    """ERROR 2: the name or the operation is not allowed."""
-
-    code = ErrorCode.ACCESS_VIOLATION
-    default_message = "Access violation"
-
-
-class DiskFull(BackendError):  # noqa: N818 (TFTP's own names)
-    """ERROR 3: disk full or allocation exceeded (also: upload larger than allowed)."""
-
-    code = ErrorCode.DISK_FULL
-    default_message = "Disk full or allocation exceeded"
-
-
-class IllegalRequest(BackendError):  # noqa: N818 (TFTP's own names)
-    """ERROR 4: the backend cannot perform this kind of request."""
-
-    code = ErrorCode.ILLEGAL_OPERATION
-    default_message = "Illegal TFTP operation"
-
-
-class FileExists(BackendError):  # noqa: N818 (TFTP's own names)
-    """ERROR 6: the file exists and may not be replaced."""
-
-    code = ErrorCode.FILE_EXISTS
-    default_message = "File already exists"
-
-
-_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-_NOT_FOUND_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR})
-_ACCESS_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ELOOP, errno.EROFS, errno.EISDIR})
-
-
-def _from_os_error(exc: OSError, *, writing: bool) -> BackendError:
-    """The client-safe error for an OSError (``strerror`` carries no path, ``str`` does)."""
-    number = exc.errno
-    if number in _DISK_FULL_ERRNOS:
-        return DiskFull()
-    if number in _NOT_FOUND_ERRNOS:
-        return FileNotFound()
-    if number in _ACCESS_ERRNOS:
-        return AccessViolation()
-    if number == errno.ENAMETOOLONG:
-        return AccessViolation("File name too long") if writing else FileNotFound()
-    if number == errno.EEXIST:
-        return FileExists()
-    return BackendError(exc.strerror or "I/O error")
+_from_os_error = from_os_error
 
 
 # -- request context -------------------------------------------------------------------------
@@ -422,16 +348,12 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _TEMP_NAME = re.compile(
     rb"\A\..*\.[0-9a-f]{12}" + re.escape(TEMP_SUFFIX.encode("ascii")) + rb"\Z", re.DOTALL
 )
-# How much of the target's name goes into the temporary name: at most 32 bytes keeps the
-# temporary name within NAME_MAX (255) whatever the target's length.
-_TEMP_PREFIX_BYTES = 32
 _PROC_FD = b"/proc/self/fd"
 _HAVE_PROC_FD = os.path.isdir(_PROC_FD)
 _ACCESS_EFFECTIVE = os.access in os.supports_effective_ids
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
 
 
 def _is_inside(root: bytes, path: bytes) -> bool:
@@ -442,208 +364,43 @@ def _is_inside(root: bytes, path: bytes) -> bool:
         return False
 
 
-def _close_quietly(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.close(fd)
-
-
-@implementer(IReader)
-class FilesystemReader:
-    """Reads a regular file through a file descriptor it owns.
-
-    ``size`` is the file's size when it was opened, and reading stops there, so that a
-    tsize sent to the client stays true even if the file grows meanwhile.
-    """
-
-    def __init__(self, fd: int, size: int) -> None:
-        self._fd: int | None = fd
-        self._remaining = size
-        self.size: int | None = size
-
-    def read(self, n: int) -> bytes:
-        fd = self._fd
-        want = min(n, self._remaining)
-        if fd is None or want <= 0:
-            return b""
-        try:
-            chunk = os.read(fd, want)
-            if 0 < len(chunk) < want:
-                # A short read is not the end of a regular file: keep reading until it is.
-                parts = [chunk]
-                got = len(chunk)
-                while got < want:
-                    more = os.read(fd, want - got)
-                    if not more:
-                        break
-                    parts.append(more)
-                    got += len(more)
-                chunk = b"".join(parts)
-        except OSError as exc:
-            raise _from_os_error(exc, writing=False) from None
-        self._remaining -= len(chunk)
-        return chunk
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            _close_quietly(fd)
-
-
-class _WriterState:
-    OPEN = "open"
-    COMMITTING = "committing"
-    COMMITTED = "committed"
-    ABORTED = "aborted"
+classImplements(FilesystemReader, IReader)
 
 
 @implementer(IWriter)
-class FilesystemWriter:
+class FilesystemWriter(TempFileWriter):
     """Writes an upload to a temporary file and puts it in place on :meth:`commit`.
 
-    Made by :meth:`FilesystemBackend.open_write`. Holds two descriptors: the temporary
-    file and its directory; every later operation is relative to that directory, so a
-    directory renamed or replaced meanwhile cannot redirect the upload.
+    Made by :meth:`FilesystemBackend.open_write`: a :class:`~netsvc.tftp.files.TempFileWriter`
+    whose commit (fsync and rename) runs in a thread, so a slow disk never stalls the
+    reactor.
     """
 
     _log = Logger()
 
-    def __init__(
-        self,
-        *,
-        fd: int,
-        dir_fd: int,
-        temp_name: bytes,
-        target_name: bytes,
-        overwrite: bool,
-        max_size: int | None,
-        run_in_thread: ThreadRunner,
-    ) -> None:
-        self._fd = fd
-        self._dir_fd = dir_fd
-        self._temp_name = temp_name
-        self._target_name = target_name
-        self._overwrite = overwrite
-        self._max_size = max_size
+    def __init__(self, *, run_in_thread: ThreadRunner, **arguments: Any) -> None:
+        super().__init__(**arguments)
         self._run_in_thread = run_in_thread
-        self._state = _WriterState.OPEN
-        self._abort_requested = False
-        #: Bytes written so far.
-        self.written = 0
-
-    def write(self, data: bytes) -> None:
-        if self._state != _WriterState.OPEN:
-            raise BackendError("Transfer is closed")
-        if self._max_size is not None and self.written + len(data) > self._max_size:
-            self.abort()
-            raise DiskFull("File too large")
-        view = memoryview(data)
-        fd = self._fd
-        try:
-            while view:
-                done = os.write(fd, view)
-                view = view[done:]
-                self.written += done
-        except OSError as exc:
-            self.abort()
-            raise _from_os_error(exc, writing=True) from None
 
     def commit(self) -> Deferred[None]:
-        if self._state != _WriterState.OPEN:
-            return defer.fail(BackendError("Transfer is closed"))
-        self._state = _WriterState.COMMITTING
-        # From here on the thread owns both descriptors and the temporary file.
-        finished: Deferred[None] = self._run_in_thread(self._finish)
+        try:
+            self.begin_commit()
+        except BackendError as error:
+            return defer.fail(error)
+        finished: Deferred[None] = self._run_in_thread(self.finish)
 
         def settle(result: object) -> object:
-            committed = not isinstance(result, Failure)
-            self._state = _WriterState.COMMITTED if committed else _WriterState.ABORTED
+            self.settle(not isinstance(result, Failure))
             return result
 
         return finished.addBoth(settle)
 
-    def abort(self) -> None:
-        if self._state == _WriterState.COMMITTING:
-            # The commit thread holds the descriptors; it checks this flag before it
-            # renames, and discards the upload if the flag is set by then.
-            self._abort_requested = True
-            return
-        if self._state != _WriterState.OPEN:
-            return
-        self._state = _WriterState.ABORTED
-        _close_quietly(self._fd)
-        self._remove_temp()
-        _close_quietly(self._dir_fd)
-
-    def __del__(self) -> None:
-        # Last resort against a forgotten abort(): never leave a temporary file behind.
-        try:
-            if self._state == _WriterState.OPEN:
-                self.abort()
-        except Exception:
-            pass
-
-    def _remove_temp(self) -> None:
-        try:
-            os.unlink(self._temp_name, dir_fd=self._dir_fd)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            self._log.warn(
-                "could not remove upload temporary file {name!r}: {error}",
-                name=os.fsdecode(self._temp_name),
-                error=exc.strerror,
-            )
-
-    def _finish(self) -> None:
-        """Runs in a thread: fsync, close, rename into place, fsync the directory."""
-        placed = False
-        try:
-            try:
-                try:
-                    os.fsync(self._fd)
-                finally:
-                    os.close(self._fd)
-                if self._abort_requested:
-                    raise BackendError("Transfer aborted")
-                self._place()
-                placed = True
-                self._sync_directory()
-            except OSError as exc:
-                raise _from_os_error(exc, writing=True) from None
-        finally:
-            if not placed:
-                self._remove_temp()
-            _close_quietly(self._dir_fd)
-
-    def _place(self) -> None:
-        temp, target, dir_fd = self._temp_name, self._target_name, self._dir_fd
-        if self._overwrite:
-            os.replace(temp, target, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            return
-        # No clobbering, atomically: link() fails if the name exists by now.
-        try:
-            os.link(temp, target, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except FileExistsError:
-            raise FileExists() from None
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
-                raise
-            # A file system without hard links: check, then rename (a small race).
-            try:
-                os.stat(target, dir_fd=dir_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                os.replace(temp, target, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-                return
-            raise FileExists() from None
-        self._remove_temp()
-
-    def _sync_directory(self) -> None:
-        try:
-            os.fsync(self._dir_fd)
-        except OSError as exc:
-            # Some file systems cannot fsync a directory; that is not a failed upload.
-            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF):
-                raise
+    def cleanup_failed(self, name: bytes, error: OSError) -> None:
+        self._log.warn(
+            "could not remove upload temporary file {name!r}: {error}",
+            name=os.fsdecode(name),
+            error=error.strerror,
+        )
 
 
 def _default_thread_runner(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
@@ -800,18 +557,8 @@ class FilesystemBackend:
             space = os.fstatvfs(dir_fd)
             if size > space.f_bavail * space.f_frsize:
                 raise DiskFull()
-        prefix = b"." + name[:_TEMP_PREFIX_BYTES] + b"."
-        suffix = TEMP_SUFFIX.encode("ascii")
-        for _attempt in range(100):
-            temp = prefix + secrets.token_hex(6).encode("ascii") + suffix
-            try:
-                # 0o644: the kernel applies the umask (and default ACLs) as for any new file.
-                fd = os.open(temp, _TEMP_FLAGS, 0o644, dir_fd=dir_fd)
-            except FileExistsError:
-                continue
-            break
-        else:
-            raise BackendError("Could not create a temporary file")
+        # 0o644: the kernel applies the umask (and default ACLs) as for any new file.
+        fd, temp = create_temp_file(dir_fd, name, 0o644)
         if existing is not None:
             try:
                 # Keep the replaced file's permissions (never its set-id bits).

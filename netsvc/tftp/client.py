@@ -16,83 +16,35 @@ from any other address or port get ERROR 5 and change nothing.
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
-import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 
 from netsvc.tftp.backend import BackendError
-from netsvc.tftp.engine import BlockReceiver, BlockSender, RetransmitTimer, encode_error
-from netsvc.tftp.options import Negotiated, OptionNegotiationError, check_oack, request_options
-from netsvc.tftp.packets import (
-    RRQ,
-    WRQ,
-    ErrorCode,
-    Mode,
-    TFTPProtocolError,
-    encode_ack,
-    parse,
+from netsvc.tftp.clientcore import (
+    TFTP_PORT,
+    FirstReply,
+    Next,
+    RequestRetry,
+    TFTPError,
+    TransferResult,
+    engine_error,
+    judge_first_reply,
+    new_engine,
+    resolve,
+    without_options,
 )
+from netsvc.tftp.engine import RetransmitTimer, encode_error
+from netsvc.tftp.options import Negotiated, request_options
+from netsvc.tftp.packets import RRQ, WRQ, Mode
 from netsvc.tftp.session import EngineSession
 from netsvc.tftp.textmode import NetasciiReader, NetasciiWriter
 from netsvc.udpport import listen_udp_quietly
 
-__all__ = ["TFTPError", "TransferResult", "download", "resolve", "upload"]
-
-TFTP_PORT = 69
-
-
-class TFTPError(Exception):
-    """A transfer failed. ``code`` is the TFTP error code (from the server, or ours);
-    ``timed_out`` tells a silent server from one that answered with an error;
-    ``remote`` whether the server sent the ERROR."""
-
-    def __init__(
-        self, code: int, message: str, *, remote: bool = False, timed_out: bool = False
-    ) -> None:
-        super().__init__(code, message)
-        self.code = code
-        self.message = message
-        self.remote = remote
-        self.timed_out = timed_out
-
-    def __str__(self) -> str:
-        if self.timed_out:
-            return self.message
-        origin = "server" if self.remote else "local"
-        return f"{self.message} ({origin} error {self.code})"
-
-
-@attrs.frozen
-class TransferResult:
-    """What a finished transfer did."""
-
-    bytes: int
-    duration: float
-    options: Negotiated
-    retransmits: int
-    server: tuple[str, int]
-
-
-def resolve(host: str, port: int, family: int = socket.AF_UNSPEC) -> tuple[str, int]:
-    """The (address, port) to send to; names are looked up (blocking, like the CLI wants)."""
-    with suppress(ValueError):
-        literal = ipaddress.ip_address(host)
-        if family == socket.AF_INET6 and literal.version == 4:
-            return (f"::ffff:{literal}", port)
-        if isinstance(literal, ipaddress.IPv6Address) and literal.ipv4_mapped is not None:
-            # As the socket will show the replies' source (Python < 3.13 would print
-            # "::ffff:7f00:1", which then never matches).
-            return (f"::ffff:{literal.ipv4_mapped}", port)
-        return (str(literal), port)
-    infos = socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)
-    address = infos[0][4]
-    return (str(address[0]), port)
+__all__ = ["TFTP_PORT", "TFTPError", "TransferResult", "download", "resolve", "upload"]
 
 
 class _ClientSession(EngineSession):
@@ -113,7 +65,6 @@ class _ClientSession(EngineSession):
         super().__init__(reactor)
         self.server = server
         self.request = request
-        self.options_requested = request.options
         self.storage = storage
         self.timer = timer
         self.give_up_after = give_up_after
@@ -122,8 +73,8 @@ class _ClientSession(EngineSession):
         self.result: Deferred[TransferResult] = Deferred()
         self.negotiated: Negotiated | None = None
         self._started = reactor.seconds()
+        self._retry = RequestRetry(timer, give_up_after, self._started)
         self._request_timer: IDelayedCall | None = None
-        self._request_retransmits = -1  # the first send is not a retransmission
         self._error: TFTPError | None = None
         self._reported = False
 
@@ -136,15 +87,13 @@ class _ClientSession(EngineSession):
 
     def _send_request(self) -> None:
         self._request_timer = None
-        if self.reactor.seconds() - self._started >= self.give_up_after:
+        wait = self._retry.next_wait(self.reactor.seconds())
+        if wait is None:
             self._fail(TFTPError(0, "no answer from the server", timed_out=True))
             return
         with suppress(OSError):
             self.port.write(self.request.encode(), self.server)  # type: ignore[union-attr]
-        self._request_retransmits += 1
-        delay = self.timer.rto
-        self.timer.timed_out()
-        self._request_timer = self.reactor.callLater(delay, self._send_request)
+        self._request_timer = self.reactor.callLater(wait, self._send_request)
 
     def _stop_requesting(self) -> None:
         if self._request_timer is not None and self._request_timer.active():
@@ -162,99 +111,57 @@ class _ClientSession(EngineSession):
         self._maybe_report()
 
     def _first_reply(self, datagram: bytes, addr: Any) -> None:
-        try:
-            packet = parse(datagram)
-        except TFTPProtocolError:
-            return  # junk from the server's address: keep waiting
-        opcode = packet.opcode
-        if opcode == 5:  # ERROR
-            self._stop_requesting()
-            code, message = packet.code, packet.message  # type: ignore[union-attr]
-            if code == ErrorCode.OPTION_NEGOTIATION and self.request.options:
-                self._retry_without_options()
-                return
-            self._fail(TFTPError(code, message or "error", remote=True))
-            return
-        is_read = self.request.is_read
-        expected_plain = 3 if is_read else 4
-        if opcode not in (6, expected_plain):
-            return  # not an answer to our request (a stray ACK, say)
-        if opcode == 4 and packet.block != 0:  # type: ignore[union-attr]
-            return
-        if opcode == 3 and packet.block != 1:  # type: ignore[union-attr]
+        reply = judge_first_reply(self.request, datagram, max_size=self.max_size)
+        action = reply.next
+        if action is Next.IGNORE:
             return
         self._stop_requesting()
+        if action is Next.RETRY_PLAIN:
+            self.request = without_options(self.request)
+            self._send_request()
+            return
+        assert reply.error is not None or action is Next.START
+        if action is Next.FAIL:
+            self._fail(reply.error)  # type: ignore[arg-type]
+            return
         self.peer = (addr[0], addr[1])  # lock onto the server's transfer port (its TID)
-        if opcode == 6:
-            if not self.options_requested:
-                self._abort_now(ErrorCode.OPTION_NEGOTIATION, "unexpected OACK")
-                return
-            try:
-                negotiated = check_oack(
-                    self.options_requested,
-                    packet.options,  # type: ignore[union-attr]
-                    max_tsize=self.max_size if is_read else None,
-                )
-            except OptionNegotiationError as error:
-                self._abort_now(error.code, error.reason)
-                return
-        else:
-            negotiated = Negotiated()  # the server ignored our options: RFC 1350 defaults
+        if action is Next.REFUSE:
+            error = reply.error
+            assert error is not None
+            self.send_to_peer(encode_error(error.code, error.message))
+            self._fail(error)
+            return
+        self._start_engine(reply)
+
+    def _start_engine(self, reply: FirstReply) -> None:
+        negotiated = reply.negotiated
+        assert negotiated is not None
         self.negotiated = negotiated
         if self.on_negotiated is not None:
             self.on_negotiated(negotiated)
-        self._start_engine(negotiated, datagram if opcode == 3 else None)
-
-    def _retry_without_options(self) -> None:
-        request = self.request
-        self.request = type(request)(request.filename, request.mode)
-        self.options_requested = ()
-        self._send_request()
-
-    def _start_engine(self, negotiated: Negotiated, first_data: bytes | None) -> None:
-        now = self.reactor.seconds()
-        timer = RetransmitTimer(
-            initial=self.timer.initial,
-            minimum=self.timer.minimum,
-            maximum=min(self.timer.maximum, float(negotiated.timeout or self.timer.maximum)),
-        )
         text = self.request.mode is Mode.NETASCII
         if self.request.is_read:
             self.writer = NetasciiWriter(self.storage) if text else self.storage
-            self.engine = BlockReceiver(
-                self.send_to_peer,
-                self.engine_write,
-                now=now,
-                preamble=None if first_data is not None else encode_ack(0),
-                blksize=negotiated.blksize,
-                windowsize=negotiated.windowsize,
-                timer=timer,
-                give_up_after=self.give_up_after,
-                dally=min(2.0, timer.maximum),
-                max_bytes=self.max_size,
-            )
-            if first_data is not None:
-                self.engine.on_datagram(first_data, now)
         else:
             self.reader = NetasciiReader(self.storage) if text else self.storage
-            self.engine = BlockSender(
-                self.send_to_peer,
-                self.engine_read,
-                now=now,
-                blksize=negotiated.blksize,
-                windowsize=negotiated.windowsize,
-                timer=timer,
-                give_up_after=self.give_up_after,
-            )
+        self.engine = new_engine(
+            self.request,
+            reply,
+            send=self.send_to_peer,
+            read=self.engine_read,
+            write=self.engine_write,
+            timer=self.timer,
+            give_up_after=self.give_up_after,
+            max_size=self.max_size,
+            now=self.reactor.seconds(),
+        )
+        if reply.first_data is not None:
+            self.engine.on_datagram(reply.first_data, self.reactor.seconds())
         self.fit_packet_size()
         self.after_event()
         self._maybe_report()
 
     # -- outcome ------------------------------------------------------------------------
-
-    def _abort_now(self, code: int, message: str) -> None:
-        self.send_to_peer(encode_error(code, message))
-        self._fail(TFTPError(code, message))
 
     def _fail(self, error: TFTPError) -> None:
         self._error = error
@@ -284,16 +191,7 @@ class _ClientSession(EngineSession):
             return
         engine = self.engine
         if self._error is None and not self.succeeded:
-            if engine is None:
-                self._error = TFTPError(0, "transfer abandoned")
-            else:
-                stats = engine.stats
-                self._error = TFTPError(
-                    stats.error_code if stats.error_code is not None else 0,
-                    stats.error_message or "transfer failed",
-                    remote=engine.outcome is not None and engine.outcome.value == "peer-error",
-                    timed_out=engine.outcome is not None and engine.outcome.value == "timed-out",
-                )
+            self._error = engine_error(engine)
         if self._error is None and self.engine is not None and self.negotiated is not None:
             self._reported = True
             stats = self.engine.stats
@@ -303,7 +201,7 @@ class _ClientSession(EngineSession):
                     bytes=stats.bytes,
                     duration=self.reactor.seconds() - self._started,
                     options=self.negotiated,
-                    retransmits=stats.retransmits + self._request_retransmits,
+                    retransmits=stats.retransmits + self._retry.retransmits,
                     server=self.peer,
                 )
             )

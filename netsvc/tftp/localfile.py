@@ -22,30 +22,18 @@ a caller can sort them like the server's errors.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
-import secrets
-import stat
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any, BinaryIO
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from zope.interface import implementer
 
-from netsvc.tftp.backend import (
-    TEMP_SUFFIX,
-    AccessViolation,
-    BackendError,
-    DiskFull,
-    FileExists,
-    FileNotFound,
-    FilesystemReader,
-    FilesystemWriter,
-    IWriter,
-    ThreadRunner,
-)
+from netsvc.tftp.backend import BackendError, FilesystemWriter, IWriter, ThreadRunner
+from netsvc.tftp.files import free_space, local_error, open_local_reader, open_local_writer_with
 
 __all__ = [
     "BufferedWriter",
@@ -56,31 +44,6 @@ __all__ = [
     "open_local_writer",
     "run_inline",
 ]
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
-# O_NONBLOCK: a FIFO swapped in after the stat() cannot block the open.
-_READ_FLAGS = os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
-_TEMP_PREFIX_BYTES = 32  # keeps the temporary name within NAME_MAX whatever the target
-
-_ERRNO_CLASSES: tuple[tuple[frozenset[int], type[BackendError]], ...] = (
-    (frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG}), DiskFull),
-    (frozenset({errno.ENOENT, errno.ENOTDIR}), FileNotFound),
-    (
-        frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ELOOP}),
-        AccessViolation,
-    ),
-    (frozenset({errno.EEXIST}), FileExists),
-)
-
-
-def local_error(error: OSError) -> BackendError:
-    """The :class:`BackendError` for a local ``OSError``, keeping the system's message."""
-    message = error.strerror or str(error)
-    for numbers, kind in _ERRNO_CLASSES:
-        if error.errno in numbers:
-            return kind(message)
-    return BackendError(message)
 
 
 def run_inline(function: Callable[..., Any], *args: Any) -> Deferred[Any]:
@@ -115,77 +78,11 @@ def open_local_writer(
         not write there.
     :raises FileExists: the target exists and ``overwrite`` is false.
     """
-    target = os.path.realpath(os.fsencode(path))
-    directory, name = os.path.split(target)
-    try:
-        dir_fd = os.open(directory, _DIR_FLAGS)
-    except OSError as error:
-        raise local_error(error) from None
-    try:
-        return _create_temp(dir_fd, name, overwrite, max_size, run_in_thread or run_inline)
-    except BaseException:
-        os.close(dir_fd)
-        raise
-
-
-def _create_temp(
-    dir_fd: int, name: bytes, overwrite: bool, max_size: int | None, runner: ThreadRunner
-) -> FilesystemWriter:
-    try:
-        existing: os.stat_result | None = os.stat(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        existing = None
-    except OSError as error:
-        raise local_error(error) from None
-    if existing is not None:
-        if stat.S_ISDIR(existing.st_mode):
-            raise AccessViolation("Is a directory")
-        if not stat.S_ISREG(existing.st_mode):
-            raise AccessViolation("Not a regular file")
-        if not overwrite:
-            raise FileExists("File exists")
-        if not os.access(name, os.W_OK, dir_fd=dir_fd):
-            raise AccessViolation("Permission denied")
-    prefix = b"." + name[:_TEMP_PREFIX_BYTES] + b"."
-    suffix = TEMP_SUFFIX.encode("ascii")
-    for _attempt in range(100):
-        temp = prefix + secrets.token_hex(6).encode("ascii") + suffix
-        try:
-            fd = os.open(temp, _TEMP_FLAGS, 0o666, dir_fd=dir_fd)
-        except FileExistsError:
-            continue
-        except OSError as error:
-            raise local_error(error) from None
-        break
-    else:
-        raise BackendError("Could not create a temporary file")
-    if existing is not None:
-        try:
-            os.fchmod(fd, existing.st_mode & 0o777)  # never the set-id bits
-        except OSError as error:
-            os.close(fd)
-            os.unlink(temp, dir_fd=dir_fd)
-            raise local_error(error) from None
-    return FilesystemWriter(
-        fd=fd,
-        dir_fd=dir_fd,
-        temp_name=temp,
-        target_name=name,
-        overwrite=overwrite,
-        max_size=max_size,
-        run_in_thread=runner,
+    runner = run_in_thread or run_inline
+    return open_local_writer_with(
+        partial(FilesystemWriter, run_in_thread=runner), path,
+        overwrite=overwrite, max_size=max_size,
     )
-
-
-def free_space(path: str | os.PathLike[str]) -> int | None:
-    """Bytes an unprivileged user may still write in the directory that would hold ``path``
-    (``None`` when the file system does not say)."""
-    directory = os.path.dirname(os.path.realpath(os.fsencode(path)))
-    try:
-        info = os.statvfs(directory)
-    except OSError:
-        return None
-    return info.f_bavail * info.f_frsize
 
 
 @implementer(IWriter)
@@ -228,32 +125,6 @@ class StdoutWriter:
             # A closed pipe: nothing more to say.
             with contextlib.suppress(OSError, ValueError):
                 self._stream.flush()
-
-
-def open_local_reader(path: str | os.PathLike[str]) -> FilesystemReader:
-    """An :class:`~netsvc.tftp.backend.IReader` over the regular file ``path``.
-
-    Its ``size`` is the file's size now, and reading stops there (so the tsize sent stays
-    true if the file grows).
-
-    :raises FileNotFound: no such file.
-    :raises AccessViolation: not a regular file (a directory, FIFO, device), or no
-        permission to read it.
-    """
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise AccessViolation("Not a regular file")
-        fd = os.open(path, _READ_FLAGS)
-    except OSError as error:
-        raise local_error(error) from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise AccessViolation("Not a regular file")
-    except BaseException:
-        os.close(fd)
-        raise
-    return FilesystemReader(fd, info.st_size)
 
 
 class BufferedWriter:
