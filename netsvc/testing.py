@@ -61,6 +61,7 @@ __all__ = [
     "MAX_UDP_PAYLOAD_IPV4",
     "MAX_UDP_PAYLOAD_IPV6",
     "PERFECT_LINK",
+    "BlockingChannel",
     "DatagramStats",
     "FakeUDPPort",
     "FakeUDPReactor",
@@ -1067,3 +1068,44 @@ class RecordingDatagramProtocol(DatagramProtocol):
 
     def connectionRefused(self) -> None:
         self.refused += 1
+
+
+class BlockingChannel(DatagramProtocol):
+    """A :class:`netsvc.tftp.blocking.Channel` on a :class:`FakeUDPReactor`.
+
+    Code written for blocking sockets (the blocking TFTP client) runs on the fake network
+    with it: :meth:`receive` moves the simulated clock (``run_until``) until a datagram
+    arrives or the timeout passes, so whatever else listens on the reactor (a server)
+    runs meanwhile. Pass ``reactor.seconds`` as that code's clock.
+    """
+
+    noisy = False
+
+    def __init__(self, reactor: FakeUDPReactor, interface: str = "") -> None:
+        self.reactor = reactor
+        self.inbox: list[tuple[bytes, tuple[str, int]]] = []
+        self.port = reactor.listenUDP(0, self, interface, MAX_UDP_PAYLOAD_IPV6)
+
+    def datagramReceived(self, datagram: bytes, addr: _Address) -> None:
+        self.inbox.append((datagram, (addr[0], addr[1])))
+
+    def sender(self, address: tuple[str, int]) -> Callable[[bytes], None]:
+        def send(datagram: bytes) -> None:
+            try:  # noqa: SIM105 (as the real channel: a failed send is a lost datagram)
+                self.port.write(datagram, address)
+            except OSError:
+                pass
+
+        return send
+
+    def receive(self, timeout: float) -> tuple[bytes, tuple[str, int]] | None:
+        inbox = self.inbox
+        if not inbox:
+            self.reactor.run_until(lambda: bool(inbox), max(0.0, timeout))
+        return inbox.pop(0) if inbox else None
+
+    def expect(self, largest: int, burst: int) -> None:
+        self.port.maxPacketSize = largest
+
+    def close(self) -> None:
+        self.port.stopListening()

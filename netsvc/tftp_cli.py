@@ -32,32 +32,35 @@ Exit statuses (:class:`ExitCode`):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ipaddress
 import os
+import signal
 import socket
 import sys
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 from typing import Any, BinaryIO, TextIO
 
-from twisted.internet import task
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import CannotListenError
-from twisted.python.failure import Failure
-from zope.interface import implementer
-
-from netsvc.tftp.backend import BackendError, IReader, IWriter, ThreadRunner
-from netsvc.tftp.client import TFTP_PORT, TFTPError, TransferResult, download, resolve, upload
-from netsvc.tftp.localfile import (
-    BufferedWriter,
-    StdoutWriter,
+from netsvc.tftp.blocking import UDPChannel, run_transfer
+from netsvc.tftp.clientcore import (
+    TFTP_PORT,
+    TFTPError,
+    TransferResult,
+    download_request,
+    request_timer,
+    resolve,
+    upload_request,
+)
+from netsvc.tftp.files import (
+    BackendError,
+    FilesystemReader,
+    StreamWriter,
+    TempFileWriter,
     free_space,
     open_local_reader,
-    open_local_writer,
+    open_local_writer_with,
 )
 from netsvc.tftp.options import (
     MAX_BLKSIZE,
@@ -68,7 +71,7 @@ from netsvc.tftp.options import (
     MIN_WINDOWSIZE,
     Negotiated,
 )
-from netsvc.tftp.packets import ErrorCode, Mode
+from netsvc.tftp.packets import RRQ, WRQ, ErrorCode, Mode
 
 __all__ = [
     "DEFAULT_BLKSIZE",
@@ -380,43 +383,22 @@ class ProgressLine:
         self._shown = len(line)
 
 
-@implementer(IWriter)
 class _CountingWriter:
-    """Counts the bytes going to the writer (read by the progress line)."""
+    """Counts the bytes going to a download's writer."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.count = 0
 
-    def write(self, data: bytes) -> Deferred[None] | None:
-        result: Deferred[None] | None = self.inner.write(data)
+    def write(self, data: bytes) -> None:
+        self.inner.write(data)
         self.count += len(data)
-        return result
 
-    def commit(self) -> Deferred[None]:
-        committed: Deferred[None] = self.inner.commit()
-        return committed
+    def commit_now(self) -> None:
+        self.inner.commit_now()
 
     def abort(self) -> None:
         self.inner.abort()
-
-
-@implementer(IReader)
-class _CountingReader:
-    """Counts the bytes read from the reader (read by the progress line)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.size: int | None = inner.size
-        self.count = 0
-
-    def read(self, n: int) -> bytes:
-        data: bytes = self.inner.read(n)
-        self.count += len(data)
-        return data
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 # -- running a transfer ----------------------------------------------------------------------
@@ -449,35 +431,37 @@ class _UsageError(Exception):
 
 
 def transfer(
-    reactor: Any,
     args: argparse.Namespace,
     *,
     stdout: BinaryIO | None = None,
     stderr: TextIO | None = None,
-    run_in_thread: ThreadRunner | None = None,
     interactive: bool | None = None,
-) -> Deferred[int]:
-    """Run the ``get`` or ``put`` that ``args`` describes on ``reactor``; fires with the
-    exit status (errors are printed to ``stderr`` in one line, never raised).
+    open_channel: Callable[[tuple[str, int]], Any] = UDPChannel,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
+    """Run the ``get`` or ``put`` that ``args`` describes; the exit status (errors are
+    printed to ``stderr`` in one line, never raised).
 
-    ``stdout`` receives a download to ``-``; ``run_in_thread`` runs the fsync and rename of
-    a downloaded file; ``interactive`` (default: ``stderr`` is a terminal and not
-    ``--quiet``) shows the progress line.
+    ``stdout`` receives a download to ``-``; ``interactive`` (default: ``stderr`` is a
+    terminal and not ``--quiet``) shows the progress line. ``open_channel(address)``
+    gives the :class:`~netsvc.tftp.blocking.Channel` to the server (tests pass one on a
+    fake network, with its ``clock``).
     """
     err = stderr if stderr is not None else sys.stderr
     if interactive is None:
         interactive = not args.quiet and err.isatty()
+    command = _Transfer(args, stdout, err, interactive, clock)
     try:
-        return _Transfer(reactor, args, stdout, err, run_in_thread, interactive).start()
+        return command.run(open_channel)
+    except KeyboardInterrupt:
+        command.interrupted()
+        return ExitCode.INTERRUPTED
     except Exception as error:  # a bug: still one line, with the traceback under --verbose
+        command.discard()
         if args.verbose:
             traceback.print_exc(file=err)
         _say(err, f"internal error: {type(error).__name__}: {error}")
-        return _succeed(ExitCode.OTHER)
-
-
-def _succeed(code: int) -> Deferred[int]:
-    return succeed(code)
+        return ExitCode.OTHER
 
 
 class _Transfer:
@@ -485,31 +469,27 @@ class _Transfer:
 
     def __init__(
         self,
-        reactor: Any,
         args: argparse.Namespace,
         stdout: BinaryIO | None,
         stderr: TextIO,
-        run_in_thread: ThreadRunner | None,
         interactive: bool,
+        clock: Callable[[], float],
     ) -> None:
-        self.reactor = reactor
         self.args = args
         self.stdout = stdout
         self.stderr = stderr
-        self.run_in_thread = run_in_thread
         self.interactive = interactive
-        self.storage: _CountingWriter | _CountingReader | None = None
+        self.clock = clock
+        self.storage: _CountingWriter | FilesystemReader | None = None
         self.progress: ProgressLine | None = None
-        self.ticker: task.LoopingCall | None = None
+        self.moved = 0  # bytes so far, as the transfer last reported them
         self.address: tuple[str, int] = args.server
         self.remote = ""
         self.local = ""
         self.label = ""
         self.max_size: int | None = None
-        self.finished = False
-        self.result: Deferred[int] = Deferred()
 
-    def start(self) -> Deferred[int]:
+    def run(self, open_channel: Callable[[tuple[str, int]], Any]) -> int:
         args = self.args
         host, port = args.server
         is_get = args.action == "get"
@@ -517,45 +497,61 @@ class _Transfer:
             self.address = _resolve(host, port, args.family)
         except _UsageError as error:
             _say(self.stderr, str(error))
-            return _succeed(ExitCode.USAGE)
+            return ExitCode.USAGE
         except (OSError, UnicodeError) as error:
             reason = getattr(error, "strerror", None) or str(error)
             _say(self.stderr, f"{host}: {reason}")
-            return _succeed(ExitCode.TIMEOUT)
+            return ExitCode.TIMEOUT
         code = self._open_download() if is_get else self._open_upload()
         if code is not None:
-            return _succeed(code)
-        options: dict[str, Any] = {
-            "port": self.address[1],
-            "mode": Mode(args.mode),
+            return code
+        try:
+            channel = open_channel(self.address)
+        except OSError as error:
+            self.discard()
+            _say(self.stderr, f"cannot open a UDP port: {error.strerror}")
+            return ExitCode.TIMEOUT
+        try:
+            return self._exchange(channel)
+        finally:
+            channel.close()
+
+    def _exchange(self, channel: Any) -> int:
+        args = self.args
+        mode = Mode(args.mode)
+        asked: dict[str, Any] = {
             "blksize": args.blksize,
             "windowsize": args.windowsize,
             "timeout": args.timeout,
+            "tsize": True,
             "options": not args.no_options,
-            "give_up_after": 5.0 * args.timeout if args.timeout else DEFAULT_GIVE_UP_AFTER,
-            "on_negotiated": self._negotiated,
         }
-        try:
-            if is_get:
-                running = download(
-                    self.reactor, self.address[0], self.remote, self.storage,
-                    max_size=self.max_size, **options,
-                )
-            else:
-                running = upload(
-                    self.reactor, self.address[0], self.remote, self.storage, **options
-                )
-        except CannotListenError as error:
-            self._discard()
-            _say(self.stderr, f"cannot open a UDP port: {error.socketError}")
-            return _succeed(ExitCode.TIMEOUT)
+        if isinstance(self.storage, _CountingWriter):
+            request: RRQ | WRQ = download_request(self.remote, mode, **asked)
+        else:
+            assert self.storage is not None
+            request = upload_request(self.remote, mode, self.storage.size, **asked)
         if self.interactive:
-            self._start_progress()
-        with_shutdown = getattr(self.reactor, "addSystemEventTrigger", None)
-        if with_shutdown is not None:
-            with_shutdown("before", "shutdown", self._interrupted)
-        running.addCallbacks(self._succeeded, self._failed)
-        return self.result
+            self.progress = ProgressLine(self.stderr, self.label, self._count, self.clock)
+            if not isinstance(self.storage, _CountingWriter):
+                self.progress.total = self.storage.size
+        try:
+            result = run_transfer(
+                channel, self.address, request, self.storage,
+                timer=request_timer(args.timeout),
+                give_up_after=5.0 * args.timeout if args.timeout else DEFAULT_GIVE_UP_AFTER,
+                max_size=self.max_size, clock=self.clock, on_negotiated=self._negotiated,
+                progress=self._progressed if self.progress is not None else None,
+            )
+        except TFTPError as error:
+            self._stop_progress(keep=False)
+            _say(self.stderr, self._describe(error))
+            return exit_code_for(error)
+        self.moved = result.bytes
+        self._stop_progress(keep=True)
+        if args.verbose:
+            self._report(result)
+        return ExitCode.OK
 
     # -- opening the local side --
 
@@ -572,18 +568,16 @@ class _Transfer:
         self.local = local
         if local == "-":
             stream = self.stdout if self.stdout is not None else sys.stdout.buffer
-            self.storage = _CountingWriter(StdoutWriter(stream))
+            self.storage = _CountingWriter(StreamWriter(stream))
             self.label = self.remote
             return None
         self.label = local
         try:
-            writer = open_local_writer(
-                local, overwrite=not args.no_clobber, run_in_thread=self.run_in_thread
-            )
+            writer = open_local_writer_with(TempFileWriter, local, overwrite=not args.no_clobber)
         except BackendError as error:
             _say(self.stderr, f"{local}: {error.message}")
             return exit_code_for(error)
-        self.storage = _CountingWriter(BufferedWriter(writer))
+        self.storage = _CountingWriter(writer)
         self.max_size = free_space(local)
         return None
 
@@ -597,73 +591,43 @@ class _Transfer:
             return ExitCode.USAGE
         self.remote = remote
         try:
-            reader = open_local_reader(args.local)
+            self.storage = open_local_reader(args.local)
         except BackendError as error:
             _say(self.stderr, f"{args.local}: {error.message}")
             return exit_code_for(error)
-        self.storage = _CountingReader(reader)
         return None
 
     # -- progress --
 
     def _count(self) -> int:
-        return self.storage.count if self.storage is not None else 0
+        return self.moved
 
-    def _start_progress(self) -> None:
-        self.progress = ProgressLine(self.stderr, self.label, self._count, self.reactor.seconds)
-        if isinstance(self.storage, _CountingReader):
-            self.progress.total = self.storage.size
-        self.ticker = task.LoopingCall(self.progress.update)
-        self.ticker.clock = self.reactor
-        self.ticker.start(0.1, now=False)
+    def _progressed(self, moved: int) -> None:
+        self.moved = moved
+        if self.progress is not None:
+            self.progress.update()
 
     def _negotiated(self, negotiated: Negotiated) -> None:
         if self.progress is not None and self.args.action == "get":
             self.progress.total = negotiated.tsize
 
     def _stop_progress(self, keep: bool) -> None:
-        if self.ticker is not None and self.ticker.running:
-            self.ticker.stop()
         if self.progress is not None:
             self.progress.finish(keep)
             self.progress = None
 
     # -- outcome --
 
-    def _succeeded(self, result: TransferResult) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        self._stop_progress(keep=True)
-        if self.args.verbose:
-            self._report(result)
-        self.result.callback(ExitCode.OK)
-
-    def _failed(self, failure: Failure) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        self._stop_progress(keep=False)
-        error = failure.value
-        if not isinstance(error, TFTPError):
-            if self.args.verbose:
-                self.stderr.write(failure.getTraceback())
-            _say(self.stderr, f"internal error: {failure.getErrorMessage()}")
-            self.result.callback(ExitCode.OTHER)
-            return
-        _say(self.stderr, self._describe(error))
-        self.result.callback(exit_code_for(error))
-
     def _describe(self, error: TFTPError) -> str:
         host, port = self.address
         if error.timed_out:
             return f"{self.remote}: {error.message} ({host} port {port})"
         if (
-            self.args.action == "get"
+            isinstance(self.storage, _CountingWriter)
             and not error.remote
             and error.code == ErrorCode.DISK_FULL
             and self.max_size is not None
-            and self._count() == 0  # refused for its announced size, before any data
+            and self.storage.count == 0  # refused for its announced size, before any data
         ):
             where = os.path.dirname(os.path.abspath(self.local)) or "."
             return f"{self.remote}: {error}; {format_size(self.max_size)} free in {where}"
@@ -692,35 +656,28 @@ class _Transfer:
 
     # -- interruption --
 
-    def _discard(self) -> None:
+    def discard(self) -> None:
+        """Let go of the local side (no temporary file left behind)."""
         storage = self.storage
         if isinstance(storage, _CountingWriter):
             storage.abort()
-        elif isinstance(storage, _CountingReader):
+        elif storage is not None:
             storage.close()
 
-    def _interrupted(self) -> None:
-        if self.finished:
-            return
-        self.finished = True
+    def interrupted(self) -> None:
         self._stop_progress(keep=False)
-        self._discard()  # no temporary file left behind
+        self.discard()
         _say(self.stderr, f"{self.remote}: interrupted")
-        self.result.callback(ExitCode.INTERRUPTED)
+
+
+def _terminate(_signal: int, _frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a transfer as Ctrl-C does: cleaned up
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Entry point of ``netsvc tftp get|put``: run the transfer on the global reactor."""
-    from twisted.internet.threads import deferToThreadPool
-
-    codes: list[int] = []
-
-    def main(reactor: Any) -> Deferred[None]:
-        runner = partial(deferToThreadPool, reactor, reactor.getThreadPool())
-        running = transfer(reactor, args, run_in_thread=runner)
-        return running.addCallback(codes.append)
-
-    # react() ends with sys.exit(); the status is the one the transfer reported.
-    with contextlib.suppress(SystemExit):
-        task.react(main)
-    return codes[0] if codes else ExitCode.INTERRUPTED
+    """Entry point of ``netsvc tftp get|put``."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return transfer(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from netsvc.cli import build_parser
-from netsvc.testing import FakeUDPReactor, LinkConditions
+from netsvc.testing import BlockingChannel, FakeUDPReactor, LinkConditions
 from netsvc.tftp.backend import AccessViolation, BackendError, DiskFull, FileExists, FileNotFound
 from netsvc.tftp.client import TFTPError
 from netsvc.tftp.packets import OACK, RRQ, WRQ, encode_data
@@ -202,17 +202,22 @@ def test_parser_defaults_and_flags() -> None:
 
 
 def run_cli(
-    reactor: FakeUDPReactor, *argv: str, interactive: bool = False, timeout: float = 120.0,
+    reactor: FakeUDPReactor, *argv: str, interactive: bool = False,
+    channel: type[BlockingChannel] = BlockingChannel,
 ) -> tuple[int, bytes, str]:
+    """``transfer()`` on the fake network: its blocking channel runs the simulated clock."""
     args = build_parser().parse_args(["tftp", *argv])
     stdout = io.BytesIO()
     stderr = io.StringIO()
-    codes: list[int] = []
-    transfer(
-        reactor, args, stdout=stdout, stderr=stderr, interactive=interactive
-    ).addCallback(codes.append)
-    assert reactor.run_until(lambda: bool(codes), timeout=timeout, max_steps=10**6)
-    return codes[0], stdout.getvalue(), stderr.getvalue()
+
+    def open_channel(address: tuple[str, int]) -> BlockingChannel:
+        return channel(reactor, "::" if ":" in address[0] else "")
+
+    code = transfer(
+        args, stdout=stdout, stderr=stderr, interactive=interactive,
+        open_channel=open_channel, clock=reactor.seconds,
+    )
+    return code, stdout.getvalue(), stderr.getvalue()
 
 
 def payload(size: int, seed: int = 0) -> bytes:
@@ -452,21 +457,33 @@ def test_usage_errors_found_late_are_2(argv: list[str], message: str) -> None:
     assert (code, err) == (ExitCode.USAGE, message)
 
 
-def test_interrupted_transfer_removes_its_temporary_file(tmp_path: Path) -> None:
-    reactor, _, _ = fake_network({"f": payload(200_000)})
+def test_interrupted_transfer_removes_its_temporary_file_and_tells_the_server(
+    tmp_path: Path,
+) -> None:
+    reactor, _, _ = fake_network({"f": payload(200_000)}, record=True)
     reactor.conditions = LinkConditions(delay=0.01)
-    args = build_parser().parse_args(["tftp", "get", "127.0.0.1", "f", str(tmp_path / "f")])
-    stderr = io.StringIO()
-    codes: list[int] = []
-    transfer(reactor, args, stderr=stderr, interactive=False).addCallback(codes.append)
-    reactor.advance(0.5)
-    reactor.advance(0.5)
-    assert len(temp_files(tmp_path)) == 1 and not codes
-    # What the reactor does on SIGINT/SIGTERM: run the "before shutdown" triggers.
-    for call, call_args, call_kwargs in reactor.triggers["before"]["shutdown"]:
-        call(*call_args, **call_kwargs)
-    assert codes == [ExitCode.INTERRUPTED] and stderr.getvalue() == "netsvc tftp: f: interrupted\n"
+    temporaries: list[list[Path]] = []
+
+    class Interrupted(BlockingChannel):
+        """Ctrl-C (or SIGTERM, which the command turns into the same) mid-transfer."""
+
+        receives = 0
+
+        def receive(self, timeout: float) -> tuple[bytes, tuple[str, int]] | None:
+            self.receives += 1
+            if self.receives == 50:
+                temporaries.append(temp_files(tmp_path))
+                raise KeyboardInterrupt
+            return super().receive(timeout)
+
+    code, _, err = run_cli(
+        reactor, "get", "127.0.0.1", "f", str(tmp_path / "f"), channel=Interrupted
+    )
+    assert (code, err) == (ExitCode.INTERRUPTED, "netsvc tftp: f: interrupted\n")
+    assert len(temporaries[0]) == 1  # the download was under way
     assert temp_files(tmp_path) == [] and not (tmp_path / "f").exists()
+    errors = [s.data for s in reactor.sent if s.data[:2] == b"\x00\x05"]
+    assert errors and errors[-1].startswith(b"\x00\x05\x00\x00transfer interrupted")
 
 
 # -- as a command: python -m netsvc tftp ... --------------------------------------------------

@@ -31,14 +31,17 @@ from netsvc.tftp.clientcore import (
     RequestRetry,
     TFTPError,
     TransferResult,
+    download_request,
     engine_error,
     judge_first_reply,
     new_engine,
+    request_timer,
     resolve,
+    upload_request,
     without_options,
 )
 from netsvc.tftp.engine import RetransmitTimer, encode_error
-from netsvc.tftp.options import Negotiated, request_options
+from netsvc.tftp.options import Negotiated
 from netsvc.tftp.packets import RRQ, WRQ, Mode
 from netsvc.tftp.session import EngineSession
 from netsvc.tftp.textmode import NetasciiReader, NetasciiWriter
@@ -228,7 +231,7 @@ def _start(
     request: RRQ | WRQ,
     storage: Any,
     *,
-    timeout: float,
+    timeout: int | None,
     give_up_after: float,
     max_size: int | None,
     on_negotiated: Callable[[Negotiated], object] | None,
@@ -238,19 +241,13 @@ def _start(
         resolve(host, port),
         request,
         storage,
-        timer=RetransmitTimer(initial=min(1.0, timeout), minimum=0.005, maximum=timeout),
+        timer=request_timer(timeout),
         give_up_after=give_up_after,
         max_size=max_size,
         on_negotiated=on_negotiated,
     )
     session.start()
     return session.result
-
-
-def _options(
-    blksize: int | None, windowsize: int | None, timeout: int | None, tsize: int | None
-) -> tuple[tuple[str, str], ...]:
-    return request_options(blksize=blksize, windowsize=windowsize, timeout=timeout, tsize=tsize)
 
 
 def download(
@@ -279,12 +276,12 @@ def download(
     ``on_negotiated(options)`` is called once the server's first reply settles the
     options (e.g. to learn the tsize for a progress display).
     """
-    requested = (
-        _options(blksize, windowsize, timeout, 0 if tsize else None) if options else ()
+    request = download_request(
+        remote, mode, blksize=blksize, windowsize=windowsize, timeout=timeout, tsize=tsize,
+        options=options,
     )
-    request = RRQ(remote, mode, requested)
     return _start(
-        reactor, host, port, request, writer, timeout=float(timeout or 2),
+        reactor, host, port, request, writer, timeout=timeout,
         give_up_after=give_up_after, max_size=max_size, on_negotiated=on_negotiated,
     )
 
@@ -306,10 +303,11 @@ def upload(
     on_negotiated: Callable[[Negotiated], object] | None = None,
 ) -> Deferred[TransferResult]:
     """Send ``reader`` (an ``IReader``; its ``size`` becomes the tsize option) as ``remote``."""
-    size = getattr(reader, "size", None) if tsize and mode is Mode.OCTET else None
-    requested = _options(blksize, windowsize, timeout, size) if options else ()
-    request = WRQ(remote, mode, requested)
+    request = upload_request(
+        remote, mode, getattr(reader, "size", None), blksize=blksize, windowsize=windowsize,
+        timeout=timeout, tsize=tsize, options=options,
+    )
     return _start(
-        reactor, host, port, request, reader, timeout=float(timeout or 2),
+        reactor, host, port, request, reader, timeout=timeout,
         give_up_after=give_up_after, max_size=None, on_negotiated=on_negotiated,
     )

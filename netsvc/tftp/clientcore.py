@@ -18,8 +18,8 @@ from contextlib import suppress
 import attrs
 
 from netsvc.tftp.engine import BlockReceiver, BlockSender, Outcome, RetransmitTimer
-from netsvc.tftp.options import Negotiated, OptionNegotiationError, check_oack
-from netsvc.tftp.packets import RRQ, WRQ, ErrorCode, TFTPProtocolError, encode_ack, parse
+from netsvc.tftp.options import Negotiated, OptionNegotiationError, check_oack, request_options
+from netsvc.tftp.packets import RRQ, WRQ, ErrorCode, Mode, TFTPProtocolError, encode_ack, parse
 
 __all__ = [
     "TFTP_PORT",
@@ -28,10 +28,14 @@ __all__ = [
     "RequestRetry",
     "TFTPError",
     "TransferResult",
+    "download_request",
     "engine_error",
     "judge_first_reply",
     "new_engine",
+    "request_timer",
     "resolve",
+    "upload_request",
+    "without_options",
 ]
 
 TFTP_PORT = 69
@@ -173,6 +177,53 @@ def judge_first_reply(
     except OptionNegotiationError as error:
         return FirstReply(Next.REFUSE, TFTPError(error.code, error.reason))
     return FirstReply(Next.START, negotiated=negotiated)
+
+
+def download_request(
+    remote: str,
+    mode: Mode,
+    *,
+    blksize: int | None,
+    windowsize: int | None,
+    timeout: int | None,
+    tsize: bool,
+    options: bool,
+) -> RRQ:
+    """The RRQ for a download: the options given (and tsize 0, to learn the size)."""
+    if not options:
+        return RRQ(remote, mode, ())
+    asked = request_options(
+        blksize=blksize, windowsize=windowsize, timeout=timeout, tsize=0 if tsize else None
+    )
+    return RRQ(remote, mode, asked)
+
+
+def upload_request(
+    remote: str,
+    mode: Mode,
+    size: int | None,
+    *,
+    blksize: int | None,
+    windowsize: int | None,
+    timeout: int | None,
+    tsize: bool,
+    options: bool,
+) -> WRQ:
+    """The WRQ for an upload of ``size`` bytes (announced as tsize in octet mode)."""
+    if not options:
+        return WRQ(remote, mode, ())
+    announced = size if tsize and mode is Mode.OCTET else None
+    asked = request_options(
+        blksize=blksize, windowsize=windowsize, timeout=timeout, tsize=announced
+    )
+    return WRQ(remote, mode, asked)
+
+
+def request_timer(timeout: int | None) -> RetransmitTimer:
+    """The retransmission timer of a client transfer; ``timeout`` (the option, in seconds)
+    caps its backoff, 2 s without it."""
+    longest = float(timeout or 2)
+    return RetransmitTimer(initial=min(1.0, longest), minimum=0.005, maximum=longest)
 
 
 def without_options(request: RRQ | WRQ) -> RRQ | WRQ:

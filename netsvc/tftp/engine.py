@@ -45,6 +45,7 @@ __all__ = [
     "RetransmitTimer",
     "TransferStats",
     "encode_error",
+    "window_receive_buffer",
 ]
 
 _HEADER = struct.Struct("!HH")
@@ -59,6 +60,19 @@ _PROBE_BLOCKS = 4
 # A sender builds the blocks after its window while it waits for the ACK, so that the
 # ACK is answered with one send; at most this many bytes (and one window) are built ahead.
 _STAGE_BYTES = 128 * 1024
+
+
+_MAX_RECEIVE_BUFFER = 8 * 1024 * 1024
+
+
+def window_receive_buffer(blksize: int, windowsize: int) -> int:
+    """The socket receive buffer a receiver of windows needs: two windows' worth.
+
+    A burst larger than the buffer loses its tail, which the sender only notices at a
+    timeout. Linux counts a datagram's memory, not its payload (2.3 KiB for 1,472 bytes,
+    17 KiB for 8,196 on loopback), hence ``2 * blksize + 2048`` per block; capped at 8 MiB.
+    """
+    return min(_MAX_RECEIVE_BUFFER, 2 * windowsize * (2 * blksize + 2048))
 
 
 def encode_error(code: int, message: str) -> bytes:

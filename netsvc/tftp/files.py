@@ -24,7 +24,7 @@ import os
 import secrets
 import stat
 from collections.abc import Callable
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from netsvc.tftp.packets import ERROR, ErrorCode
 
@@ -37,6 +37,7 @@ __all__ = [
     "FileNotFound",
     "FilesystemReader",
     "IllegalRequest",
+    "StreamWriter",
     "TempFileWriter",
     "close_quietly",
     "create_temp_file",
@@ -398,6 +399,46 @@ class TempFileWriter:
             # Some file systems cannot fsync a directory; that is not a failed upload.
             if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF):
                 raise
+
+
+class StreamWriter:
+    """Streams a download to a binary stream (standard output, say).
+
+    What was written cannot be taken back, so :meth:`abort` only stops;
+    :meth:`commit_now` flushes. ``written`` counts the bytes handed over.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._closed = False
+        #: Bytes written so far.
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        if self._closed:
+            raise BackendError("Transfer is closed")
+        try:
+            self._stream.write(data)
+        except OSError as error:
+            self._closed = True
+            raise local_error(error) from None
+        self.written += len(data)
+
+    def commit_now(self) -> None:
+        if self._closed:
+            raise BackendError("Transfer is closed")
+        self._closed = True
+        try:
+            self._stream.flush()
+        except OSError as error:
+            raise local_error(error) from None
+
+    def abort(self) -> None:
+        if not self._closed:
+            self._closed = True
+            # A closed pipe: nothing more to say.
+            with contextlib.suppress(OSError, ValueError):
+                self._stream.flush()
 
 
 # -- the client's local side -----------------------------------------------------------------

@@ -21,7 +21,6 @@ a caller can sort them like the server's errors.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -32,8 +31,14 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from zope.interface import implementer
 
-from netsvc.tftp.backend import BackendError, FilesystemWriter, IWriter, ThreadRunner
-from netsvc.tftp.files import free_space, local_error, open_local_reader, open_local_writer_with
+from netsvc.tftp.backend import FilesystemWriter, IWriter, ThreadRunner
+from netsvc.tftp.files import (
+    StreamWriter,
+    free_space,
+    local_error,
+    open_local_reader,
+    open_local_writer_with,
+)
 
 __all__ = [
     "BufferedWriter",
@@ -86,7 +91,7 @@ def open_local_writer(
 
 
 @implementer(IWriter)
-class StdoutWriter:
+class StdoutWriter(StreamWriter):
     """Streams a download to a binary stream (standard output by default).
 
     What was written cannot be taken back, so :meth:`abort` only stops; :meth:`commit`
@@ -94,37 +99,10 @@ class StdoutWriter:
     """
 
     def __init__(self, stream: BinaryIO | None = None) -> None:
-        self._stream = stream if stream is not None else sys.stdout.buffer
-        self._closed = False
-        #: Bytes written so far.
-        self.written = 0
-
-    def write(self, data: bytes) -> None:
-        if self._closed:
-            raise BackendError("Transfer is closed")
-        try:
-            self._stream.write(data)
-        except OSError as error:
-            self._closed = True
-            raise local_error(error) from None
-        self.written += len(data)
+        super().__init__(stream if stream is not None else sys.stdout.buffer)
 
     def commit(self) -> Deferred[None]:
-        if self._closed:
-            return defer.fail(BackendError("Transfer is closed"))
-        self._closed = True
-        try:
-            self._stream.flush()
-        except OSError as error:
-            return defer.fail(local_error(error))
-        return defer.succeed(None)
-
-    def abort(self) -> None:
-        if not self._closed:
-            self._closed = True
-            # A closed pipe: nothing more to say.
-            with contextlib.suppress(OSError, ValueError):
-                self._stream.flush()
+        return defer.maybeDeferred(self.commit_now)
 
 
 class BufferedWriter:

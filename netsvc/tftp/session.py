@@ -21,7 +21,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from netsvc.tftp.backend import BackendError
-from netsvc.tftp.engine import BlockReceiver, BlockSender, Outcome, encode_error
+from netsvc.tftp.engine import (
+    BlockReceiver,
+    BlockSender,
+    Outcome,
+    encode_error,
+    window_receive_buffer,
+)
 from netsvc.tftp.packets import ErrorCode
 from netsvc.udpport import QuietUDPPort
 
@@ -29,15 +35,6 @@ __all__ = ["READ_AHEAD", "EngineSession"]
 
 #: Bytes read from a reader at a time (at least one block): bounded per session.
 READ_AHEAD = 32 * 1024
-
-_MAX_RECEIVE_BUFFER = 8 * 1024 * 1024
-
-
-def _datagram_cost(blksize: int) -> int:
-    """About what one DATA datagram takes of a socket's receive buffer (Linux counts
-    its memory, not its payload: 2.3 KiB for 1,472 bytes, 17 KiB for 8,196 on loopback)."""
-    return 2 * blksize + 2048
-
 
 class EngineSession(DatagramProtocol):
     """Drives a :class:`BlockSender` or :class:`BlockReceiver` over a Twisted UDP port."""
@@ -230,7 +227,7 @@ class EngineSession(DatagramProtocol):
                 # must hold two windows, or the tail of one is lost (then waits a timeout).
                 port.coalesce()
                 port.grow_receive_buffer(
-                    min(_MAX_RECEIVE_BUFFER, 2 * engine.windowsize * _datagram_cost(engine.blksize))
+                    window_receive_buffer(engine.blksize, engine.windowsize)
                 )
         else:
             port.maxPacketSize = 1024  # ACKs, and ERRORs with a message of any sane length

@@ -6,11 +6,13 @@ reader so that it produces netascii and the writer so that it consumes it.
 
 from __future__ import annotations
 
-from typing import Any
-
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from typing import TYPE_CHECKING, Any
 
 from netsvc.tftp.netascii import NetasciiDecoder, NetasciiEncoder
+
+if TYPE_CHECKING:  # Twisted is imported only where a Deferred is made: the blocking
+    # client reads netascii through NetasciiReader without loading Twisted.
+    from twisted.internet.defer import Deferred
 
 __all__ = ["NetasciiReader", "NetasciiWriter"]
 
@@ -35,8 +37,11 @@ class NetasciiReader:
     def read(self, n: int) -> bytes | Deferred[bytes]:
         while len(self._buffer) < n and not self._eof:
             chunk = self._inner.read(_READ_CHUNK)
-            if isinstance(chunk, Deferred):
-                return chunk.addCallback(self._feed).addCallback(lambda _: self.read(n))
+            if not isinstance(chunk, bytes):  # a Deferred
+                later: Deferred[bytes] = chunk.addCallback(self._feed).addCallback(
+                    lambda _: self.read(n)
+                )
+                return later
             self._feed(chunk)
         data = bytes(self._buffer[:n])
         del self._buffer[:n]
@@ -67,6 +72,8 @@ class NetasciiWriter:
         return result
 
     def commit(self) -> Deferred[None]:
+        from twisted.internet.defer import maybeDeferred, succeed
+
         tail = self._decoder.flush()
         written: Deferred[None] = maybeDeferred(self._inner.write, tail) if tail else succeed(None)
         return written.addCallback(lambda _: self._inner.commit())
