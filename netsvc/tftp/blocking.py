@@ -17,8 +17,8 @@ and ``close()`` (:class:`~netsvc.tftp.files.FilesystemReader`).
 from __future__ import annotations
 
 import math
+import select
 import socket
-import struct
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -74,19 +74,23 @@ class Channel(Protocol):
 class UDPChannel:
     """A UDP socket on an ephemeral port for talking to ``server`` (IPv4 or IPv6).
 
-    Reads block in the kernel with a receive timeout (``SO_RCVTIMEO``): one system call
-    per datagram, no poll before it. The timeout is changed only when it must be
-    shorter than the wait asked for, or is much shorter: an early wake-up just makes
-    the caller ask again.
+    Lock-step datagrams come one at a time: it waits in ``poll`` and then reads. That
+    is measured, not arbitrary: blocking in ``recvfrom`` itself (with ``SO_RCVTIMEO``)
+    saved the poll call but made a 16 MiB lock-step download from tftpd-hpa 12 % slower
+    (3.13 vs 2.79 s, medians of 7): the sleeping reader is woken differently. Windows
+    come in bursts, so there it reads first and polls only when the socket is empty.
     """
 
     def __init__(self, server: Address) -> None:
         family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
         self.socket = socket.socket(family, socket.SOCK_DGRAM)
         self.socket.bind(("::" if family == socket.AF_INET6 else "", 0))
+        self.socket.setblocking(False)
+        self._poll = select.poll()
+        self._poll.register(self.socket, select.POLLIN)
         self._ipv6 = family == socket.AF_INET6
         self._size = 65536
-        self._timeout = 0.0  # the SO_RCVTIMEO in force (0: none set yet)
+        self._read_first = False
 
     def sender(self, address: Address) -> Callable[[bytes], None]:
         sendto = self.socket.sendto
@@ -100,31 +104,28 @@ class UDPChannel:
         return send
 
     def receive(self, timeout: float) -> tuple[bytes, Address] | None:
-        if timeout < 0.000_001:
-            return None  # SO_RCVTIMEO 0 would mean "wait forever"
-        current = self._timeout
-        if not 0.0 < current <= timeout or current < timeout / 2:
-            self._set_timeout(timeout)
-        try:
-            data, source = self.socket.recvfrom(self._size)
-        except (BlockingIOError, InterruptedError, ConnectionRefusedError):
-            # The receive timeout passed, a signal came, or an earlier send drew an
-            # ICMP error: nothing to read now.
-            return None
-        if self._ipv6:
-            source = source[:2]
-        return data, source
+        recvfrom = self.socket.recvfrom
+        if self._read_first:
+            try:
+                return self._received(*recvfrom(self._size))
+            except (BlockingIOError, ConnectionRefusedError):
+                pass
+        milliseconds = max(0, math.ceil(timeout * 1000))
+        while self._poll.poll(milliseconds):
+            try:
+                return self._received(*recvfrom(self._size))
+            except BlockingIOError:
+                continue  # woken for nothing (a datagram with a bad checksum, say)
+            except ConnectionRefusedError:
+                return None  # an ICMP error about an earlier send: nothing to read
+        return None
 
-    def _set_timeout(self, seconds: float) -> None:
-        whole = int(seconds)
-        self.socket.setsockopt(
-            socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-            struct.pack("ll", whole, int((seconds - whole) * 1_000_000)),
-        )
-        self._timeout = seconds
+    def _received(self, data: bytes, source: Any) -> tuple[bytes, Address]:
+        return data, (source[:2] if self._ipv6 else source)
 
     def expect(self, largest: int, burst: int) -> None:
         self._size = largest
+        self._read_first = burst > 1
         if burst > 1:
             wanted = window_receive_buffer(largest, burst)
             try:
