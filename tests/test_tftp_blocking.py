@@ -16,7 +16,7 @@ import pytest
 
 from netsvc.testing import BlockingChannel, FakeUDPReactor, LinkConditions
 from netsvc.tftp.backend import BytesReader
-from netsvc.tftp.blocking import UDPChannel, run_transfer
+from netsvc.tftp.blocking import Spinner, UDPChannel, run_transfer
 from netsvc.tftp.clientcore import (
     TFTPError,
     TransferResult,
@@ -246,3 +246,63 @@ def test_the_command_line_client_does_not_import_twisted() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+# -- spinning before sleeping --------------------------------------------------------------------
+
+
+def test_spinner_pauses_after_misses_for_longer_each_time_and_a_catch_resets_it() -> None:
+    spinner = Spinner(limit=1e-4, misses_allowed=4, longest_pause=32)
+    budgets = []
+    for _ in range(4):
+        budgets.append(spinner.budget())
+        spinner.missed()
+    assert budgets == [1e-4] * 4
+    assert [spinner.budget() for _ in range(16)] == [0.0] * 16  # first pause: 16 waits
+    for _ in range(4):
+        assert spinner.budget() == 1e-4
+        spinner.missed()
+    assert [spinner.budget() for _ in range(32)] == [0.0] * 32  # then 32 (the longest)
+    for _ in range(4):
+        spinner.budget()
+        spinner.missed()
+    assert [spinner.budget() for _ in range(33)] == [0.0] * 32 + [1e-4]
+    spinner.caught()  # the peer is fast again: misses and pauses start over
+    for _ in range(3):
+        spinner.missed()
+    assert spinner.budget() == 1e-4
+    spinner.missed()
+    assert [spinner.budget() for _ in range(17)] == [0.0] * 16 + [1e-4]
+
+
+def test_udp_channel_spins_only_with_two_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    import netsvc.tftp.blocking as blocking
+
+    monkeypatch.setattr(blocking, "_usable_cpus", lambda: 1)
+    alone = UDPChannel(("127.0.0.1", 9))
+    monkeypatch.setattr(blocking, "_usable_cpus", lambda: 2)
+    shared = UDPChannel(("127.0.0.1", 9))
+    never = UDPChannel(("127.0.0.1", 9), spinner=None)
+    try:
+        assert alone.spinner is None and never.spinner is None
+        assert isinstance(shared.spinner, Spinner)
+    finally:
+        for channel in (alone, shared, never):
+            channel.close()
+
+
+def test_udp_channel_catches_a_datagram_while_spinning_and_counts_a_miss() -> None:
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    spinner = Spinner(limit=0.002, misses_allowed=1)
+    channel = UDPChannel(peer.getsockname(), spinner=spinner)
+    try:
+        channel.sender(peer.getsockname())(b"hello")
+        _, address = peer.recvfrom(10)
+        peer.sendto(b"a", address)
+        assert channel.receive(1.0) == (b"a", peer.getsockname())
+        assert channel.receive(0.01) is None  # nothing comes: spun 2 ms, then slept
+        assert spinner.budget() == 0.0  # one miss was enough to pause
+    finally:
+        channel.close()
+        peer.close()

@@ -17,6 +17,7 @@ and ``close()`` (:class:`~netsvc.tftp.files.FilesystemReader`).
 from __future__ import annotations
 
 import math
+import os
 import select
 import socket
 import time
@@ -47,7 +48,7 @@ from netsvc.tftp.options import Negotiated
 from netsvc.tftp.packets import RRQ, WRQ, ErrorCode, Mode
 from netsvc.tftp.textmode import NetasciiReader
 
-__all__ = ["Channel", "UDPChannel", "run_transfer"]
+__all__ = ["SPIN_SECONDS", "Channel", "Spinner", "UDPChannel", "run_transfer"]
 
 Address = tuple[str, int]
 
@@ -71,17 +72,73 @@ class Channel(Protocol):
         """Datagrams will be at most ``largest`` bytes and come ``burst`` at a time."""
 
 
+#: How long a wait for a datagram polls the socket before it sleeps (see :class:`Spinner`).
+SPIN_SECONDS = 100e-6
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+class Spinner:
+    """Adaptive busy-waiting: how long the next wait may poll before it sleeps.
+
+    Sleeping in ``poll`` and being woken up costs tens of microseconds per datagram on
+    a virtual machine, more than a local server needs to answer, so a client that
+    sleeps between every block and its answer runs at the speed of wake-ups. Polling
+    for up to :data:`SPIN_SECONDS` first catches those answers awake. When answers
+    keep coming later than that (a remote server), spinning is wasted CPU: after
+    ``misses_allowed`` misses in a row it pauses for 16 waits, then 32, ... up to
+    ``longest_pause``, and any catch resumes it.
+    """
+
+    def __init__(
+        self, limit: float = SPIN_SECONDS, misses_allowed: int = 4, longest_pause: int = 1024
+    ) -> None:
+        self.limit = limit
+        self.misses_allowed = misses_allowed
+        self.longest_pause = longest_pause
+        self._misses = 0
+        self._pause = 0  # waits left without spinning
+        self._next_pause = 16
+
+    def budget(self) -> float:
+        """Seconds the coming wait may spin (0: sleep at once)."""
+        if self._pause:
+            self._pause -= 1
+            return 0.0
+        return self.limit
+
+    def caught(self) -> None:
+        """The datagram arrived while spinning."""
+        self._misses = 0
+        self._next_pause = 16
+
+    def missed(self) -> None:
+        """The spin ended without a datagram."""
+        self._misses += 1
+        if self._misses >= self.misses_allowed:
+            self._misses = 0
+            self._pause = self._next_pause
+            self._next_pause = min(2 * self._next_pause, self.longest_pause)
+
+
 class UDPChannel:
     """A UDP socket on an ephemeral port for talking to ``server`` (IPv4 or IPv6).
 
-    Lock-step datagrams come one at a time: it waits in ``poll`` and then reads. That
-    is measured, not arbitrary: blocking in ``recvfrom`` itself (with ``SO_RCVTIMEO``)
-    saved the poll call but made a 16 MiB lock-step download from tftpd-hpa 12 % slower
-    (3.13 vs 2.79 s, medians of 7): the sleeping reader is woken differently. Windows
-    come in bursts, so there it reads first and polls only when the socket is empty.
+    A wait first spins (``spinner``: ``True``, the default, makes a :class:`Spinner` when
+    at least two CPUs are usable, since on one CPU spinning would only delay a local
+    server; ``None`` or ``False`` never spins), then sleeps in ``poll`` and reads.
+    Measured on this project's 2-CPU virtual machine, 16 MiB at blksize 512 from
+    tftpd-hpa: 2.9 s sleeping at every block, 0.93 s spinning first. Blocking in
+    ``recvfrom`` itself (``SO_RCVTIMEO``) instead of ``poll`` was slower still (3.13 vs
+    2.79 s without spinning).
     """
 
-    def __init__(self, server: Address) -> None:
+    def __init__(self, server: Address, *, spinner: Spinner | bool | None = True) -> None:
         family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
         self.socket = socket.socket(family, socket.SOCK_DGRAM)
         self.socket.bind(("::" if family == socket.AF_INET6 else "", 0))
@@ -91,6 +148,9 @@ class UDPChannel:
         self._ipv6 = family == socket.AF_INET6
         self._size = 65536
         self._read_first = False
+        if spinner is True:
+            spinner = Spinner() if _usable_cpus() > 1 else None
+        self.spinner: Spinner | None = spinner or None
 
     def sender(self, address: Address) -> Callable[[bytes], None]:
         sendto = self.socket.sendto
@@ -105,19 +165,35 @@ class UDPChannel:
 
     def receive(self, timeout: float) -> tuple[bytes, Address] | None:
         recvfrom = self.socket.recvfrom
-        if self._read_first:
-            try:
-                return self._received(*recvfrom(self._size))
-            except (BlockingIOError, ConnectionRefusedError):
-                pass
+        size = self._size
+        spinner = self.spinner
+        budget = spinner.budget() if spinner is not None else 0.0
+        if budget or self._read_first:
+            clock = time.perf_counter
+            end = clock() + min(budget, timeout)
+            while True:
+                try:
+                    received = recvfrom(size)
+                except BlockingIOError:
+                    if not budget:
+                        break
+                    if clock() < end:
+                        continue
+                    spinner.missed()  # type: ignore[union-attr]
+                    break
+                except ConnectionRefusedError:
+                    return None  # an ICMP error about an earlier send: nothing to read
+                if budget:
+                    spinner.caught()  # type: ignore[union-attr]
+                return self._received(*received)
         milliseconds = max(0, math.ceil(timeout * 1000))
         while self._poll.poll(milliseconds):
             try:
-                return self._received(*recvfrom(self._size))
+                return self._received(*recvfrom(size))
             except BlockingIOError:
                 continue  # woken for nothing (a datagram with a bad checksum, say)
             except ConnectionRefusedError:
-                return None  # an ICMP error about an earlier send: nothing to read
+                return None
         return None
 
     def _received(self, data: bytes, source: Any) -> tuple[bytes, Address]:
@@ -125,6 +201,8 @@ class UDPChannel:
 
     def expect(self, largest: int, burst: int) -> None:
         self._size = largest
+        # Windows come in bursts: without spinning, read before polling (one system
+        # call per datagram instead of two while the burst lasts).
         self._read_first = burst > 1
         if burst > 1:
             wanted = window_receive_buffer(largest, burst)
