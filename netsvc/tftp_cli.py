@@ -243,6 +243,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     get.add_argument(
         "--no-clobber", action="store_true", help="fail (status 7) if LOCAL already exists"
     )
+    get.add_argument(
+        "--fsync", action="store_true",
+        help="flush LOCAL to disk before renaming it into place and exiting (so that it "
+        "survives a power loss; without it, like curl and rsync, it is complete or absent "
+        "for every program, but the disk catches up later)",
+    )
     get.set_defaults(func=_run, action="get")
     put = actions.add_parser(
         "put", parents=[common], help="upload LOCAL to the server",
@@ -252,7 +258,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                      help="server name or address; [IPV6]:PORT for a port with IPv6")
     put.add_argument("local", metavar="LOCAL", help="local file to send")
     put.add_argument("remote", metavar="REMOTE", nargs="?", help="file name on the server")
-    put.set_defaults(func=_run, action="put", no_clobber=False)
+    put.set_defaults(func=_run, action="put", no_clobber=False, fsync=False)
 
 
 # -- progress --------------------------------------------------------------------------------
@@ -573,7 +579,9 @@ class _Transfer:
             return None
         self.label = local
         try:
-            writer = open_local_writer_with(TempFileWriter, local, overwrite=not args.no_clobber)
+            writer = open_local_writer_with(
+                TempFileWriter, local, overwrite=not args.no_clobber, durable=args.fsync
+            )
         except BackendError as error:
             _say(self.stderr, f"{local}: {error.message}")
             return exit_code_for(error)

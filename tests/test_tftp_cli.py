@@ -748,3 +748,23 @@ def run_on_a_terminal(command: list[str], timeout: float = 60) -> str:
         process.wait(timeout=30)
     assert process.returncode == 0, b"".join(chunks)
     return b"".join(chunks).decode().replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_fsync_flushes_the_download_and_its_directory_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flag: bool
+) -> None:
+    reactor, _, _ = fake_network({"f": payload(3000)})
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    argv = ["get", *(["--fsync"] if flag else []), "127.0.0.1", "f", str(tmp_path / "f")]
+    code, _, err = run_cli(reactor, *argv)
+    assert code == 0, err
+    assert (tmp_path / "f").read_bytes() == payload(3000) and temp_files(tmp_path) == []
+    assert len(synced) == (2 if flag else 0)  # the file, then its directory

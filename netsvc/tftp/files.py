@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Callable
 from typing import BinaryIO, TypeVar
@@ -237,7 +236,8 @@ def create_temp_file(dir_fd: int, name: bytes, mode: int) -> tuple[int, bytes]:
     prefix = b"." + name[:_TEMP_PREFIX_BYTES] + b"."
     suffix = TEMP_SUFFIX.encode("ascii")
     for _attempt in range(100):
-        temp = prefix + secrets.token_hex(6).encode("ascii") + suffix
+        # os.urandom as secrets.token_hex does (importing secrets costs a command's start-up).
+        temp = prefix + os.urandom(6).hex().encode("ascii") + suffix
         try:
             return os.open(temp, _TEMP_FLAGS, mode, dir_fd=dir_fd), temp
         except FileExistsError:
@@ -253,6 +253,11 @@ class TempFileWriter:
     redirect the data. :meth:`finish` is the blocking part of a commit (fsync, rename,
     fsync of the directory), split out so that an asynchronous owner can run it in a
     thread; :meth:`abort` meanwhile only asks it to discard the file.
+
+    ``durable=False`` leaves out the two fsyncs: the rename still shows a complete file
+    or none to every program, but after a power loss the new name may hold less (what
+    curl, wget and rsync give by default; a TFTP server's upload needs ``durable``, as
+    its last ACK promises the file).
     """
 
     def __init__(
@@ -264,8 +269,10 @@ class TempFileWriter:
         target_name: bytes,
         overwrite: bool,
         max_size: int | None,
+        durable: bool = True,
     ) -> None:
         self._fd = fd
+        self._durable = durable
         self._dir_fd = dir_fd
         self._temp_name = temp_name
         self._target_name = target_name
@@ -355,14 +362,16 @@ class TempFileWriter:
         try:
             try:
                 try:
-                    os.fsync(self._fd)
+                    if self._durable:
+                        os.fsync(self._fd)
                 finally:
                     os.close(self._fd)
                 if self._abort_requested:
                     raise BackendError("Transfer aborted")
                 self._place()
                 placed = True
-                self._sync_directory()
+                if self._durable:
+                    self._sync_directory()
             except OSError as exc:
                 raise from_os_error(exc, writing=True) from None
         finally:
@@ -452,6 +461,7 @@ def open_local_writer_with(
     *,
     overwrite: bool = True,
     max_size: int | None = None,
+    durable: bool = True,
 ) -> _Writer:
     """A writer (built by ``make(**TempFileWriter arguments)``) that puts a download at
     ``path`` only once it is complete.
@@ -460,7 +470,7 @@ def open_local_writer_with(
     file keeps its permission bits; a new one gets ``0o666`` minus the umask. Without
     ``overwrite`` an existing target raises :class:`FileExists` now, and a file that
     appears meanwhile makes the commit fail with it. ``max_size`` bounds the bytes
-    written (:class:`DiskFull` beyond).
+    written (:class:`DiskFull` beyond). ``durable``: see :class:`TempFileWriter`.
 
     :raises FileNotFound: the directory does not exist.
     :raises AccessViolation: the target is a directory or not a regular file, or we may
@@ -480,7 +490,7 @@ def open_local_writer_with(
         raise
     return make(
         fd=fd, dir_fd=dir_fd, temp_name=temp, target_name=name,
-        overwrite=overwrite, max_size=max_size,
+        overwrite=overwrite, max_size=max_size, durable=durable,
     )
 
 
