@@ -7,6 +7,7 @@ Servers (``--servers``, comma list; every one is started by this script):
   pytftp  pytftp serve --listen HOST --port PORT ROOT              (the strongest Python server)
   netsvc  python -m twisted --reactor=epoll netsvc-tftp --root ROOT ...  (skipped, with a
           message, when the twistd plugin ``netsvc-tftp`` is not installed)
+  netsvc-busypoll  the same on netsvc's busy-polling reactor (--reactor=netsvc-busypoll)
 ``--server NAME=CMD`` adds a server or replaces a built-in one. CMD is split like a shell line
 (no shell runs it) after filling in {host} {port} {root} {python} (this interpreter) and
 {bindir} (its directory, e.g. the venv's bin/).
@@ -128,12 +129,22 @@ BUILTIN_SERVERS = {
     # --reactor=epoll: what twistd uses on Linux (`python -m twisted` alone picks another).
     "netsvc": "{python} -m twisted --reactor=epoll netsvc-tftp --root {root} --port {port}"
     " --interface {host}",
+    # The same server on netsvc's busy-polling reactor (netsvc.busypoll).
+    "netsvc-busypoll": "{python} -m twisted --reactor=netsvc-busypoll netsvc-tftp --root {root}"
+    " --port {port} --interface {host}",
 }
 NETSVC_PLUGIN = "netsvc-tftp"
 BASELINE = "hpa"
 CANDIDATE = "netsvc"
 # The client each server ships with, for the "self" client.
-OWN_CLIENT = {"pytftp": "pytftp", "netsvc": "netsvc", "atftpd": "atftp"}
+OWN_CLIENT = {
+    "pytftp": "pytftp", "netsvc": "netsvc", "netsvc-busypoll": "netsvc", "atftpd": "atftp"
+}
+
+
+def is_candidate(server: str) -> bool:
+    """netsvc itself, on whichever reactor (the bar compares it with the others)."""
+    return server == CANDIDATE or server.startswith(CANDIDATE + "-")
 
 PROBE_FILE = "probe.bin"
 PROBE_SIZE = 100  # one DATA block whatever the blksize
@@ -580,7 +591,7 @@ class ServerSpec:
         program = self.argv(0, Path("/"))[0]
         if shutil.which(program) is None:
             return f"{program} not found"
-        if self.name == CANDIDATE and f" {NETSVC_PLUGIN} " in f" {self.template} ":
+        if is_candidate(self.name) and f" {NETSVC_PLUGIN} " in f" {self.template} ":
             _, help_text = run_quietly([PYTHON, "-m", "twisted", "--help"], 60)
             if not re.search(rf"^\s*{re.escape(NETSVC_PLUGIN)}\s", help_text, re.MULTILINE):
                 return (
@@ -1163,18 +1174,26 @@ def summarize(row: Row, results: list[RunResult]) -> Cell:
 
 
 def bar_verdict(row: Row, cells: dict[str, Cell]) -> str:
-    """netsvc's bar for the row: the fastest of all servers, with no failed run."""
-    mine = cells.get(CANDIDATE)
-    if mine is None or mine.note:
-        return f"n/a({CANDIDATE}-not-run)"
-    if mine.failed or mine.wall is None:
-        return "MISSED(failed runs)"
-    others = {name: c.wall for name, c in cells.items() if name != CANDIDATE and c.wall is not None}
-    if not others:
-        return "n/a(no other server)"
-    best = min(others, key=lambda name: others[name])
-    ratio = mine.wall / others[best]
-    return f"{'MET' if ratio <= 1.0 else 'MISSED'}(x{ratio:.2f} vs {best})"
+    """netsvc's bar for the row: fastest of all servers, with no failed run; judged for
+    each netsvc server (plain epoll reactor, busy-polling reactor) against the others."""
+    others = {
+        name: c.wall for name, c in cells.items() if not is_candidate(name) and c.wall is not None
+    }
+    verdicts = []
+    for name, mine in cells.items():
+        if not is_candidate(name):
+            continue
+        if mine.note:
+            verdicts.append(f"{name}:n/a(not-run)")
+        elif mine.failed or mine.wall is None:
+            verdicts.append(f"{name}:MISSED(failed runs)")
+        elif not others:
+            verdicts.append(f"{name}:n/a(no other server)")
+        else:
+            best = min(others, key=lambda other: others[other])
+            ratio = mine.wall / others[best]
+            verdicts.append(f"{name}:{'MET' if ratio <= 1.0 else 'MISSED'}(x{ratio:.2f} vs {best})")
+    return " ".join(verdicts) if verdicts else f"n/a({CANDIDATE}-not-run)"
 
 
 def fmt(value: float | None, spec: str) -> str:
@@ -1309,7 +1328,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--servers",
-        default="hpa,atftpd,pytftp,netsvc",
+        default="hpa,atftpd,pytftp,netsvc,netsvc-busypoll",
         help="comma list of servers, in measuring order (default: %(default)s)",
     )
     parser.add_argument(

@@ -14,9 +14,10 @@ import time
 
 import pytest
 
+from netsvc.spin import Spinner
 from netsvc.testing import BlockingChannel, FakeUDPReactor, LinkConditions
 from netsvc.tftp.backend import BytesReader
-from netsvc.tftp.blocking import Spinner, UDPChannel, run_transfer
+from netsvc.tftp.blocking import UDPChannel, run_transfer
 from netsvc.tftp.clientcore import (
     TFTPError,
     TransferResult,
@@ -278,9 +279,9 @@ def test_spinner_pauses_after_misses_for_longer_each_time_and_a_catch_resets_it(
 def test_udp_channel_spins_only_with_two_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
     import netsvc.tftp.blocking as blocking
 
-    monkeypatch.setattr(blocking, "_usable_cpus", lambda: 1)
+    monkeypatch.setattr(blocking, "usable_cpus", lambda: 1)
     alone = UDPChannel(("127.0.0.1", 9))
-    monkeypatch.setattr(blocking, "_usable_cpus", lambda: 2)
+    monkeypatch.setattr(blocking, "usable_cpus", lambda: 2)
     shared = UDPChannel(("127.0.0.1", 9))
     never = UDPChannel(("127.0.0.1", 9), spinner=None)
     try:

@@ -17,13 +17,13 @@ and ``close()`` (:class:`~netsvc.tftp.files.FilesystemReader`).
 from __future__ import annotations
 
 import math
-import os
 import select
 import socket
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from netsvc.spin import Spinner, usable_cpus
 from netsvc.tftp.clientcore import (
     Next,
     RequestRetry,
@@ -48,7 +48,7 @@ from netsvc.tftp.options import Negotiated
 from netsvc.tftp.packets import RRQ, WRQ, ErrorCode, Mode
 from netsvc.tftp.textmode import NetasciiReader
 
-__all__ = ["SPIN_SECONDS", "Channel", "Spinner", "UDPChannel", "run_transfer"]
+__all__ = ["Channel", "UDPChannel", "run_transfer"]
 
 Address = tuple[str, int]
 
@@ -70,60 +70,6 @@ class Channel(Protocol):
 
     def expect(self, largest: int, burst: int) -> None:
         """Datagrams will be at most ``largest`` bytes and come ``burst`` at a time."""
-
-
-#: How long a wait for a datagram polls the socket before it sleeps (see :class:`Spinner`).
-SPIN_SECONDS = 100e-6
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
-
-
-class Spinner:
-    """Adaptive busy-waiting: how long the next wait may poll before it sleeps.
-
-    Sleeping in ``poll`` and being woken up costs tens of microseconds per datagram on
-    a virtual machine, more than a local server needs to answer, so a client that
-    sleeps between every block and its answer runs at the speed of wake-ups. Polling
-    for up to :data:`SPIN_SECONDS` first catches those answers awake. When answers
-    keep coming later than that (a remote server), spinning is wasted CPU: after
-    ``misses_allowed`` misses in a row it pauses for 16 waits, then 32, ... up to
-    ``longest_pause``, and any catch resumes it.
-    """
-
-    def __init__(
-        self, limit: float = SPIN_SECONDS, misses_allowed: int = 4, longest_pause: int = 1024
-    ) -> None:
-        self.limit = limit
-        self.misses_allowed = misses_allowed
-        self.longest_pause = longest_pause
-        self._misses = 0
-        self._pause = 0  # waits left without spinning
-        self._next_pause = 16
-
-    def budget(self) -> float:
-        """Seconds the coming wait may spin (0: sleep at once)."""
-        if self._pause:
-            self._pause -= 1
-            return 0.0
-        return self.limit
-
-    def caught(self) -> None:
-        """The datagram arrived while spinning."""
-        self._misses = 0
-        self._next_pause = 16
-
-    def missed(self) -> None:
-        """The spin ended without a datagram."""
-        self._misses += 1
-        if self._misses >= self.misses_allowed:
-            self._misses = 0
-            self._pause = self._next_pause
-            self._next_pause = min(2 * self._next_pause, self.longest_pause)
 
 
 class UDPChannel:
@@ -149,7 +95,7 @@ class UDPChannel:
         self._size = 65536
         self._read_first = False
         if spinner is True:
-            spinner = Spinner() if _usable_cpus() > 1 else None
+            spinner = Spinner() if usable_cpus() > 1 else None
         self.spinner: Spinner | None = spinner or None
 
     def sender(self, address: Address) -> Callable[[bytes], None]:

@@ -4,7 +4,14 @@ Only lazy ServiceMaker lines live here: importing netsvc (or the reactor) at plu
 time would slow every `twistd` invocation and break `twistd --reactor=...`.
 """
 
+from twisted.application.reactors import Reactor
 from twisted.application.service import ServiceMaker
+
+netsvc_busypoll = Reactor(
+    "netsvc-busypoll",
+    "netsvc.busypoll",
+    "epoll, polling up to 100 us before each sleep (lower latency, more CPU).",
+)
 
 netsvc = ServiceMaker(
     "netsvc",
