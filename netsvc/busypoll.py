@@ -23,7 +23,7 @@ from twisted.internet.epollreactor import EPollReactor
 
 from netsvc.spin import Spinner, usable_cpus
 
-__all__ = ["BusyPollReactor", "install"]
+__all__ = ["BusyPollReactor", "install", "make_reactor"]
 
 
 class BusyPollReactor(EPollReactor):
@@ -62,8 +62,13 @@ class BusyPollReactor(EPollReactor):
                 return max(0.0, timeout - (clock() - started))
 
 
+def make_reactor() -> BusyPollReactor:
+    """A busy-polling reactor that spins only with two or more usable CPUs."""
+    return BusyPollReactor(Spinner() if usable_cpus() > 1 else None)
+
+
 def install() -> None:
-    """Install the busy-polling reactor (it spins only with two or more usable CPUs)."""
+    """Install the busy-polling reactor as the global reactor (``--reactor=netsvc-busypoll``)."""
     from twisted.internet.main import installReactor
 
-    installReactor(BusyPollReactor(Spinner() if usable_cpus() > 1 else None))  # type: ignore[no-untyped-call]
+    installReactor(make_reactor())  # type: ignore[no-untyped-call]

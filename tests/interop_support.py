@@ -133,10 +133,13 @@ def probe(port: int, host: str = HOST, *, timeout: float = 2.0) -> bytes | None:
 class TFTPServer:
     """``twistd netsvc-tftp`` serving ``root`` on 127.0.0.1 (a free port), for one test scope."""
 
-    def __init__(self, root: Path, log_path: Path, *flags: str) -> None:
+    def __init__(
+        self, root: Path, log_path: Path, *flags: str, reactor: str | None = None
+    ) -> None:
         self.root = root
         self.log_path = log_path
         self.flags = flags
+        self.reactor = reactor
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         #: Readiness probes that were answered (each is one refused transfer in the log).
@@ -150,6 +153,7 @@ class TFTPServer:
         for _attempt in range(3):  # the free port may be taken between choosing and binding
             self.port = free_port(socket.SOCK_DGRAM, HOST)
             command = twistd_command(
+                *([f"--reactor={self.reactor}"] if self.reactor else []),
                 "netsvc-tftp", "--root", str(self.root), "--port", str(self.port),
                 "--interface", HOST, *self.flags,
             )

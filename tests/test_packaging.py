@@ -47,6 +47,11 @@ def test_wheel_installs_plugins_into_a_fresh_venv(tmp_path: Path) -> None:
     ).stdout
     assert "netsvc-echo" in help_text
     assert "\n    netsvc " in help_text
+    reactors = subprocess.run(
+        [str(env_dir / "bin" / "twistd"), "--help-reactors"],
+        cwd=outside, capture_output=True, text=True, check=True, timeout=120,
+    ).stdout
+    assert "netsvc-busypoll" in reactors
     version = subprocess.run(
         [str(env_dir / "bin" / "netsvc"), "--version"],
         cwd=outside, capture_output=True, text=True, check=True, timeout=60,
