@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from netsvc.spin import Spinner, usable_cpus
 from netsvc.tftp.clientcore import (
+    ClientSettings,
     Next,
     RequestRetry,
     TFTPError,
@@ -230,10 +231,8 @@ def run_transfer(
     ``progress_interval`` seconds while data flows. Datagrams from any address but the
     server's, and after its first reply from any port but that reply's, get ERROR 5.
     """
-    transfer = _BlockingTransfer(
-        channel, server, request, storage, timer=timer, give_up_after=give_up_after,
-        max_size=max_size, clock=clock, on_negotiated=on_negotiated,
-    )
+    settings = ClientSettings(timer, give_up_after, max_size, on_negotiated)
+    transfer = _BlockingTransfer(channel, server, request, storage, settings, clock)
     try:
         return transfer.run(progress, progress_interval)
     finally:
@@ -249,22 +248,15 @@ class _BlockingTransfer:
         server: Address,
         request: RRQ | WRQ,
         storage: Any,
-        *,
-        timer: RetransmitTimer,
-        give_up_after: float,
-        max_size: int | None,
+        settings: ClientSettings,
         clock: Callable[[], float],
-        on_negotiated: Callable[[Negotiated], object] | None,
     ) -> None:
         self.channel = channel
         self.server = server
         self.request = request
         self.storage = storage
-        self.timer = timer
-        self.give_up_after = give_up_after
-        self.max_size = max_size
+        self.settings = settings
         self.clock = clock
-        self.on_negotiated = on_negotiated
         netascii = request.mode is Mode.NETASCII
         self.sink = _DownloadSink(storage, netascii=netascii) if request.is_read else None
         self.source = None if request.is_read else _UploadSource(storage, netascii=netascii)
@@ -278,16 +270,16 @@ class _BlockingTransfer:
         self, progress: Callable[[int], object] | None, progress_interval: float
     ) -> TransferResult:
         started = self.clock()
-        retry = RequestRetry(self.timer, self.give_up_after, started)
+        settings = self.settings
+        retry = RequestRetry(settings.timer, settings.give_up_after, started)
         peer, reply = self._request(retry)
         negotiated = reply.negotiated
         assert negotiated is not None
-        if self.on_negotiated is not None:
-            self.on_negotiated(negotiated)
+        if settings.on_negotiated is not None:
+            settings.on_negotiated(negotiated)
         engine = self.engine = new_engine(
             self.request, reply, send=self.channel.sender(peer), read=self._read,
-            write=self._write, timer=self.timer, give_up_after=self.give_up_after,
-            max_size=self.max_size, now=self.clock(),
+            write=self._write, settings=settings, now=self.clock(),
         )
         if self._read_error is not None:
             engine.abort(*self._read_error, self.clock())
@@ -323,7 +315,7 @@ class _BlockingTransfer:
             if source[0] != server[0]:
                 channel.sender(source)(_UNKNOWN_TID)
                 continue
-            reply = judge_first_reply(self.request, datagram, max_size=self.max_size)
+            reply = judge_first_reply(self.request, datagram, max_size=self.settings.max_size)
             action = reply.next
             if action is Next.IGNORE:
                 continue

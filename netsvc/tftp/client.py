@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IDelayedCall
 from netsvc.tftp.backend import BackendError
 from netsvc.tftp.clientcore import (
     TFTP_PORT,
+    ClientSettings,
     FirstReply,
     Next,
     RequestRetry,
@@ -40,7 +41,7 @@ from netsvc.tftp.clientcore import (
     upload_request,
     without_options,
 )
-from netsvc.tftp.engine import RetransmitTimer, encode_error
+from netsvc.tftp.engine import encode_error
 from netsvc.tftp.options import Negotiated
 from netsvc.tftp.packets import RRQ, WRQ, Mode
 from netsvc.tftp.session import EngineSession
@@ -59,24 +60,17 @@ class _ClientSession(EngineSession):
         server: tuple[str, int],
         request: RRQ | WRQ,
         storage: Any,
-        *,
-        timer: RetransmitTimer,
-        give_up_after: float,
-        max_size: int | None,
-        on_negotiated: Callable[[Negotiated], object] | None = None,
+        settings: ClientSettings,
     ) -> None:
         super().__init__(reactor)
         self.server = server
         self.request = request
         self.storage = storage
-        self.timer = timer
-        self.give_up_after = give_up_after
-        self.max_size = max_size
-        self.on_negotiated = on_negotiated
+        self.settings = settings
         self.result: Deferred[TransferResult] = Deferred()
         self.negotiated: Negotiated | None = None
         self._started = reactor.seconds()
-        self._retry = RequestRetry(timer, give_up_after, self._started)
+        self._retry = RequestRetry(settings.timer, settings.give_up_after, self._started)
         self._request_timer: IDelayedCall | None = None
         self._error: TFTPError | None = None
         self._reported = False
@@ -114,7 +108,7 @@ class _ClientSession(EngineSession):
         self._maybe_report()
 
     def _first_reply(self, datagram: bytes, addr: Any) -> None:
-        reply = judge_first_reply(self.request, datagram, max_size=self.max_size)
+        reply = judge_first_reply(self.request, datagram, max_size=self.settings.max_size)
         action = reply.next
         if action is Next.IGNORE:
             return
@@ -140,8 +134,8 @@ class _ClientSession(EngineSession):
         negotiated = reply.negotiated
         assert negotiated is not None
         self.negotiated = negotiated
-        if self.on_negotiated is not None:
-            self.on_negotiated(negotiated)
+        if self.settings.on_negotiated is not None:
+            self.settings.on_negotiated(negotiated)
         text = self.request.mode is Mode.NETASCII
         if self.request.is_read:
             self.writer = NetasciiWriter(self.storage) if text else self.storage
@@ -153,9 +147,7 @@ class _ClientSession(EngineSession):
             send=self.send_to_peer,
             read=self.engine_read,
             write=self.engine_write,
-            timer=self.timer,
-            give_up_after=self.give_up_after,
-            max_size=self.max_size,
+            settings=self.settings,
             now=self.reactor.seconds(),
         )
         if reply.first_data is not None:
@@ -241,10 +233,7 @@ def _start(
         resolve(host, port),
         request,
         storage,
-        timer=request_timer(timeout),
-        give_up_after=give_up_after,
-        max_size=max_size,
-        on_negotiated=on_negotiated,
+        ClientSettings(request_timer(timeout), give_up_after, max_size, on_negotiated),
     )
     session.start()
     return session.result

@@ -23,6 +23,7 @@ from netsvc.tftp.packets import RRQ, WRQ, ErrorCode, Mode, TFTPProtocolError, en
 
 __all__ = [
     "TFTP_PORT",
+    "ClientSettings",
     "FirstReply",
     "Next",
     "RequestRetry",
@@ -190,11 +191,7 @@ def download_request(
     options: bool,
 ) -> RRQ:
     """The RRQ for a download: the options given (and tsize 0, to learn the size)."""
-    if not options:
-        return RRQ(remote, mode, ())
-    asked = request_options(
-        blksize=blksize, windowsize=windowsize, timeout=timeout, tsize=0 if tsize else None
-    )
+    asked = _asked(options, blksize, windowsize, timeout, 0 if tsize else None)
     return RRQ(remote, mode, asked)
 
 
@@ -210,13 +207,34 @@ def upload_request(
     options: bool,
 ) -> WRQ:
     """The WRQ for an upload of ``size`` bytes (announced as tsize in octet mode)."""
-    if not options:
-        return WRQ(remote, mode, ())
     announced = size if tsize and mode is Mode.OCTET else None
-    asked = request_options(
-        blksize=blksize, windowsize=windowsize, timeout=timeout, tsize=announced
-    )
-    return WRQ(remote, mode, asked)
+    return WRQ(remote, mode, _asked(options, blksize, windowsize, timeout, announced))
+
+
+def _asked(
+    options: bool,
+    blksize: int | None,
+    windowsize: int | None,
+    timeout: int | None,
+    tsize: int | None,
+) -> tuple[tuple[str, str], ...]:
+    if not options:
+        return ()
+    return request_options(blksize=blksize, windowsize=windowsize, timeout=timeout, tsize=tsize)
+
+
+@attrs.frozen
+class ClientSettings:
+    """How a client transfer runs, whichever driver runs it."""
+
+    #: The retransmission timer (see :func:`request_timer`).
+    timer: RetransmitTimer
+    #: Seconds without progress before the transfer fails.
+    give_up_after: float
+    #: A download larger than this is refused (by its tsize, or as it arrives).
+    max_size: int | None = None
+    #: Called with the options once the server's first reply settled them.
+    on_negotiated: Callable[[Negotiated], object] | None = None
 
 
 def request_timer(timeout: int | None) -> RetransmitTimer:
@@ -238,9 +256,7 @@ def new_engine(
     send: Callable[[bytes], None],
     read: Callable[[int], bytes | None],
     write: Callable[[bytes], bool],
-    timer: RetransmitTimer,
-    give_up_after: float,
-    max_size: int | None,
+    settings: ClientSettings,
     now: float,
 ) -> BlockSender | BlockReceiver:
     """The engine for a started transfer (``reply.next`` is START). When the reply was a
@@ -248,6 +264,7 @@ def new_engine(
     it has stored it (the engine's ``write`` may look the engine up)."""
     negotiated = reply.negotiated
     assert negotiated is not None
+    timer, give_up_after = settings.timer, settings.give_up_after
     agreed = RetransmitTimer(
         initial=timer.initial,
         minimum=timer.minimum,
@@ -263,7 +280,8 @@ def new_engine(
         send, write, now=now,
         preamble=None if first_data is not None else encode_ack(0),
         blksize=negotiated.blksize, windowsize=negotiated.windowsize, timer=agreed,
-        give_up_after=give_up_after, dally=min(2.0, agreed.maximum), max_bytes=max_size,
+        give_up_after=give_up_after, dally=min(2.0, agreed.maximum),
+        max_bytes=settings.max_size,
     )
 
 
