@@ -135,6 +135,8 @@ class _PatientPause:
     one read of at most ``bufferSize``) and measured at par (0.97-1.02).
     """
 
+    __slots__ = ("full_writes", "paused", "transport")  # one per connection: keep it small
+
     def __init__(self, transport: Any) -> None:
         self.transport = transport
         self.full_writes = 0
