@@ -18,6 +18,8 @@ from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from netsvc.sockopts import grow_receive_buffer
+
 __all__ = ["UDP_MAX_PACKET_SIZE", "QuietUDPPort", "listen_udp_quietly"]
 
 #: Twisted's ``listenUDP`` silently truncates datagrams to ``maxPacketSize`` (8192 by
@@ -96,20 +98,9 @@ class QuietUDPPort(udp.Port):
         return True
 
     def grow_receive_buffer(self, size: int) -> None:
-        """Let the kernel queue at least ``size`` bytes of datagrams for this socket.
-
-        A burst larger than the receive buffer loses its tail, which the sender only
-        notices at a timeout. The kernel caps the value at ``net.core.rmem_max`` and
-        counts each datagram with its overhead (a 8 KiB datagram takes about 17 KiB):
-        ``size`` should include it. Never shrinks the buffer; best effort.
-        """
-        try:
-            current = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-            if current < size:
-                # The kernel doubles what it is given (for its bookkeeping).
-                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, (size + 1) // 2)
-        except OSError:
-            pass
+        """Let the kernel queue at least ``size`` bytes of datagrams for this socket
+        (see :func:`netsvc.sockopts.grow_receive_buffer`)."""
+        grow_receive_buffer(self.socket, size)
 
     def doRead(self) -> None:
         # udp.Port.doRead, plus coalesced reads: recvmsg, then the split.

@@ -151,8 +151,6 @@ __all__ = [
 #: :func:`twisted.internet.threads.deferToThread`).
 ThreadRunner = Callable[..., "Deferred[Any]"]
 
-_from_os_error = from_os_error
-
 
 # -- request context -------------------------------------------------------------------------
 
@@ -492,7 +490,7 @@ class FilesystemBackend:
             # O_NONBLOCK: should a FIFO be swapped in after stat(), open() cannot block.
             fd = os.open(path, _READ_FLAGS)
         except OSError as exc:
-            raise _from_os_error(exc, writing=False) from None
+            raise from_os_error(exc, writing=False) from None
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
@@ -521,13 +519,13 @@ class FilesystemBackend:
                 self._make_directories(directory)
             dir_fd = os.open(directory, _DIR_FLAGS)
         except OSError as exc:
-            raise _from_os_error(exc, writing=True) from None
+            raise from_os_error(exc, writing=True) from None
         try:
             self._check_opened(dir_fd, allow_root=True)
             return self._create_temp(dir_fd, name, size)
         except OSError as exc:
             os.close(dir_fd)
-            raise _from_os_error(exc, writing=True) from None
+            raise from_os_error(exc, writing=True) from None
         except BaseException:
             os.close(dir_fd)
             raise

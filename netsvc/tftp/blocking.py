@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from netsvc.sockopts import grow_receive_buffer
 from netsvc.spin import Spinner, usable_cpus
 from netsvc.tftp.clientcore import (
     ClientSettings,
@@ -152,13 +153,7 @@ class UDPChannel:
         # call per datagram instead of two while the burst lasts).
         self._read_first = burst > 1
         if burst > 1:
-            wanted = window_receive_buffer(largest, burst)
-            try:
-                if self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < wanted:
-                    # The kernel doubles what it is given (for its bookkeeping).
-                    self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted // 2)
-            except OSError:
-                pass  # best effort: a smaller buffer only costs retransmissions
+            grow_receive_buffer(self.socket, window_receive_buffer(largest, burst))
 
     def close(self) -> None:
         self.socket.close()
