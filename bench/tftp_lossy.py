@@ -8,6 +8,7 @@ fresh server, one download of ``--size`` random bytes with the client's default 
 sha256 checked. Runs alternate servers; the table gives medians and ratios.
 
 The issue's bar: 1 MiB through 10% loss both ways in <= 10 s with curl and with busybox.
+``--clients netsvc`` adds netsvc's own client (``python -m netsvc tftp get``, default options).
 
     sudo .venv/bin/python bench/tftp_lossy.py --runs 3
 
@@ -73,6 +74,9 @@ def client_command(name: str, address: str, local: Path, cap: float) -> list[str
         ]
     if name == "busybox":
         return ["busybox", "tftp", "-g", "-r", "file", "-l", str(local), address, str(PORT)]
+    if name == "netsvc":  # netsvc's own client, default options (blksize 1468, tsize)
+        return [sys.executable, "-m", "netsvc", "tftp", "get", "-q", f"{address}:{PORT}", "file",
+                str(local)]
     raise ValueError(name)
 
 
