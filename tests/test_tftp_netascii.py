@@ -162,3 +162,18 @@ def test_large_data_round_trips_in_blocks() -> None:
     wire = encode(local)
     blocks = [wire[i : i + 512] for i in range(0, len(wire), 512)]
     assert _decode_chunks(blocks) == local
+
+
+def test_netascii_reader_takes_bytes_like_chunks_from_a_synchronous_reader() -> None:
+    from netsvc.tftp.textmode import NetasciiReader
+
+    class BytearrayReader:
+        def __init__(self, data: bytes) -> None:
+            self.data = bytearray(data)
+
+        def read(self, n: int) -> bytearray:
+            chunk, self.data = self.data[:n], self.data[n:]
+            return chunk
+
+    reader = NetasciiReader(BytearrayReader(b"a\nb\rc"))
+    assert reader.read(100) == b"a\r\nb\r\x00c"

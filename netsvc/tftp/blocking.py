@@ -27,6 +27,7 @@ from netsvc.sockopts import grow_receive_buffer
 from netsvc.spin import Spinner, usable_cpus
 from netsvc.tftp.clientcore import (
     ClientSettings,
+    FirstReply,
     Next,
     RequestRetry,
     TFTPError,
@@ -295,7 +296,7 @@ class _BlockingTransfer:
             server=peer,
         )
 
-    def _request(self, retry: RequestRetry) -> tuple[Address, Any]:
+    def _request(self, retry: RequestRetry) -> tuple[Address, FirstReply]:
         """Send the request until the server's first reply starts the transfer."""
         channel, clock, server = self.channel, self.clock, self.server
         send_to_server = channel.sender(server)
@@ -383,7 +384,7 @@ class _BlockingTransfer:
         try:
             self.sink.write(payload)
             if len(payload) < engine.blksize:
-                # The final ACK promises a complete file: commit (fsync, rename) first.
+                # The final ACK promises a complete file: commit (rename into place) first.
                 self.sink.commit()
         except BackendError as error:
             engine.abort(error.code, error.message, self.clock())

@@ -37,7 +37,7 @@ class NetasciiReader:
     def read(self, n: int) -> bytes | Deferred[bytes]:
         while len(self._buffer) < n and not self._eof:
             chunk = self._inner.read(_READ_CHUNK)
-            if not isinstance(chunk, bytes):  # a Deferred
+            if hasattr(chunk, "addCallback"):  # a Deferred (checked without importing it)
                 later: Deferred[bytes] = chunk.addCallback(self._feed).addCallback(
                     lambda _: self.read(n)
                 )
