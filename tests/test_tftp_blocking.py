@@ -17,7 +17,7 @@ import pytest
 from netsvc.spin import Spinner
 from netsvc.testing import BlockingChannel, FakeUDPReactor, LinkConditions
 from netsvc.tftp.backend import BytesReader
-from netsvc.tftp.blocking import UDPChannel, run_transfer
+from netsvc.tftp.blocking import READ_AHEAD, UDPChannel, run_transfer
 from netsvc.tftp.clientcore import (
     TFTPError,
     TransferResult,
@@ -106,6 +106,31 @@ def test_upload_windowed_with_loss_arrives_intact() -> None:
         give_up_after=30.0, clock=reactor.seconds,
     )
     assert backend.files["up"] == data and result.options.windowsize == 8
+
+
+def test_an_upload_reads_its_file_ahead_not_one_block_at_a_time() -> None:
+    class Counting(BytesReader):
+        def __init__(self, data: bytes) -> None:
+            super().__init__(data)
+            self.sizes: list[int] = []
+
+        def read(self, n: int) -> bytes:
+            self.sizes.append(n)
+            return super().read(n)
+
+    data = payload(100 * 512 + 7, seed=4)
+    reactor, _, backend = fake_network()
+    request = upload_request(
+        "ahead", Mode.OCTET, len(data), blksize=None, windowsize=None, timeout=None,
+        tsize=True, options=True,
+    )
+    reader = Counting(data)
+    result = run_transfer(
+        BlockingChannel(reactor), SERVER, request, reader, timer=request_timer(None),
+        give_up_after=30.0, clock=reactor.seconds,
+    )
+    assert backend.files["ahead"] == data and result.bytes == len(data)
+    assert reader.sizes == [READ_AHEAD, READ_AHEAD]  # 101 blocks, two reads (the second short)
 
 
 def test_netascii_download_decodes_and_upload_encodes() -> None:

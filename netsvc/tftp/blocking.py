@@ -58,6 +58,8 @@ Address = tuple[str, int]
 #: Bytes collected before a download writes to its file (one system call per 64 KiB,
 #: not per block). Nothing shows under the target name before the commit anyway.
 WRITE_BATCH = 64 * 1024
+#: Bytes an upload reads from its file at a time (one system call per 64 blocks of 512).
+READ_AHEAD = 32 * 1024
 
 _UNKNOWN_TID = encode_error(ErrorCode.UNKNOWN_TID, "unknown transfer ID")
 
@@ -190,15 +192,26 @@ class _DownloadSink:
 
 
 class _UploadSource:
-    """An upload's local side: netascii encoding, bytes read so far."""
+    """An upload's local side: netascii encoding, read-ahead, bytes read so far."""
 
     def __init__(self, reader: Any, *, netascii: bool) -> None:
         self.reader: Any = NetasciiReader(reader) if netascii else reader
         #: Bytes handed to the engine so far (as sent).
         self.sent = 0
+        self._buffer = b""
+        self._offset = 0
+        self._ended = False
 
     def read(self, size: int) -> bytes:
-        data: bytes = self.reader.read(size)
+        offset = self._offset
+        if len(self._buffer) - offset < size and not self._ended:
+            want = max(size, READ_AHEAD)
+            more: bytes = self.reader.read(want)
+            self._ended = len(more) < want  # a reader returns less only at the end
+            self._buffer = self._buffer[offset:] + more
+            offset = 0
+        data = self._buffer[offset : offset + size]
+        self._offset = offset + len(data)
         self.sent += len(data)
         return data
 
