@@ -4,12 +4,29 @@
 its two log lines per socket, and able to receive with UDP generic receive offload
 (:meth:`QuietUDPPort.coalesce`), so that a burst of equal-sized datagrams from one peer
 costs one system call instead of one each.
+
+On Linux the ports are not the reactor's readers one by one: all of them sit in one
+:class:`SocketSet`, an epoll set of their own that the reactor watches as a single
+descriptor. Per datagram that skips the reactor's dispatch (a logging context, two
+dictionaries and five calls per event in Twisted 24): with 50 transfers at once, 12 %
+less server CPU per block (docs/benchmarks.rst).
+
+:func:`connect_peer_socket` gives a port a second socket on the same address, connected
+to the one peer a transfer talks to: the kernel hands that peer's datagrams to it and
+everybody else's to the port, so the hot path sends and receives without addresses
+(no formatting and parsing of them per datagram, no route lookup per send) while a
+stranger still reaches the port and gets its error.
 """
 
 from __future__ import annotations
 
+import select
 import socket
 import sys
+import weakref
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any
 
 from twisted.internet import base, udp
 from twisted.internet.error import CannotListenError
@@ -20,7 +37,14 @@ from twisted.logger import Logger
 
 from netsvc.sockopts import grow_receive_buffer
 
-__all__ = ["UDP_MAX_PACKET_SIZE", "QuietUDPPort", "listen_udp_quietly"]
+__all__ = [
+    "UDP_MAX_PACKET_SIZE",
+    "QuietUDPPort",
+    "SocketSet",
+    "connect_peer_socket",
+    "listen_udp_quietly",
+    "socket_set_for",
+]
 
 #: Twisted's ``listenUDP`` silently truncates datagrams to ``maxPacketSize`` (8192 by
 #: default). Every UDP port netsvc opens takes the largest datagram IP can carry.
@@ -47,6 +71,8 @@ class QuietUDPPort(udp.Port):
 
     #: Whether reads return coalesced runs of datagrams (see :meth:`coalesce`).
     coalescing = False
+    #: The set that watches this port instead of the reactor (see :class:`SocketSet`).
+    socket_set: SocketSet | None = None
 
     def __init__(
         self, port: int, protocol: DatagramProtocol, interface: str, size: int, reactor: object
@@ -66,6 +92,18 @@ class QuietUDPPort(udp.Port):
         self.connected = 1
         self.socket = skt
         self.fileno = skt.fileno  # type: ignore[method-assign]  # as udp.Port does
+
+    def startReading(self) -> None:
+        if self.socket_set is None:
+            udp.Port.startReading(self)
+        else:
+            self.socket_set.add(self.socket.fileno(), self.doRead)
+
+    def stopReading(self) -> None:
+        if self.socket_set is None:
+            udp.Port.stopReading(self)
+        elif self._realPortNumber is not None:  # the socket is still open
+            self.socket_set.remove(self.socket.fileno())
 
     def connectionLost(self, reason: object = None) -> None:
         self._realPortNumber = None
@@ -139,6 +177,107 @@ class QuietUDPPort(udp.Port):
                 _log.failure("unhandled error in {protocol!r}", protocol=self.protocol)
 
 
+class SocketSet:
+    """Sockets the reactor watches as one descriptor: an epoll set of their own.
+
+    When the set has something ready the reactor calls :meth:`doRead` once, and it
+    calls the ready sockets' read handlers directly. A handler that raises is logged
+    and the others still run. The set is one of the reactor's readers only while it
+    holds sockets, so an idle reactor has nothing of it left over. Linux only
+    (:func:`socket_set_for` returns ``None`` elsewhere).
+    """
+
+    #: Most ready sockets taken per reactor iteration (the rest wait for the next).
+    BATCH = 256
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self._epoll = select.epoll()
+        self._handlers: dict[int, Callable[[], object]] = {}
+
+    def add(self, fd: int, handler: Callable[[], object]) -> None:
+        """Call ``handler()`` whenever ``fd`` is readable (until :meth:`remove`)."""
+        if fd in self._handlers:
+            self._handlers[fd] = handler
+            return
+        self._epoll.register(fd, select.EPOLLIN)
+        self._handlers[fd] = handler
+        if len(self._handlers) == 1:
+            self.reactor.addReader(self)
+
+    def remove(self, fd: int) -> None:
+        """Stop watching ``fd`` (call before closing it: its number may come back)."""
+        if self._handlers.pop(fd, None) is None:
+            return
+        with suppress(OSError):  # already closed: the kernel dropped it from the set itself
+            self._epoll.unregister(fd)
+        if not self._handlers:
+            self.reactor.removeReader(self)
+
+    def __len__(self) -> int:
+        return len(self._handlers)
+
+    # IReadDescriptor, for the reactor
+
+    def fileno(self) -> int:
+        return self._epoll.fileno()
+
+    def logPrefix(self) -> str:
+        return "SocketSet"
+
+    def doRead(self) -> None:
+        handlers = self._handlers
+        for fd, _events in self._epoll.poll(0, self.BATCH):
+            handler = handlers.get(fd)
+            if handler is None:
+                continue  # removed by an earlier handler in this batch
+            try:
+                handler()
+            except Exception:  # as the reactor does: one bad handler stops nothing else
+                _log.failure("unhandled error reading a socket of {set!r}", set=self)
+
+    def connectionLost(self, reason: object) -> None:
+        self._handlers.clear()  # the reactor is shutting down
+
+
+_socket_sets: weakref.WeakKeyDictionary[Any, SocketSet] = weakref.WeakKeyDictionary()
+
+
+def socket_set_for(reactor: Any) -> SocketSet | None:
+    """The reactor's :class:`SocketSet` (made on first use), or ``None`` without epoll."""
+    if not hasattr(select, "epoll"):
+        return None
+    found = _socket_sets.get(reactor)
+    if found is None:
+        found = _socket_sets[reactor] = SocketSet(reactor)
+    return found
+
+
+def connect_peer_socket(port: QuietUDPPort, peer: tuple[str, int]) -> socket.socket | None:
+    """A non-blocking socket on ``port``'s address, connected to ``peer``; or ``None``
+    where that cannot be had (then the port itself keeps receiving everything).
+
+    Both sockets get ``SO_REUSEPORT``, which shares a port only between sockets of one
+    user; the port was bound before it got the option, so the port number was free and
+    no later ephemeral bind can pick it. Since Linux 5.0 a connected socket in such a
+    group receives all traffic of its 4-tuple, the others the rest.
+    """
+    if not hasattr(socket, "SO_REUSEPORT") or not sys.platform.startswith("linux"):
+        return None
+    listening = port.socket
+    peer_socket = socket.socket(listening.family, socket.SOCK_DGRAM)
+    try:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        peer_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        peer_socket.bind(listening.getsockname())
+        peer_socket.connect(peer)
+        peer_socket.setblocking(False)
+    except OSError:
+        peer_socket.close()
+        return None
+    return peer_socket
+
+
 def _segment_size(control: list[tuple[int, int, bytes]]) -> int:
     for level, kind, value in control:
         if level == socket.SOL_UDP and kind == _UDP_GRO:
@@ -158,5 +297,6 @@ def listen_udp_quietly(
     if not isinstance(reactor, PosixReactorBase):
         return reactor.listenUDP(port, protocol, interface, max_packet_size)
     listening = QuietUDPPort(port, protocol, interface, max_packet_size, reactor)
+    listening.socket_set = socket_set_for(reactor)
     listening.startListening()
     return listening

@@ -5,14 +5,16 @@ from __future__ import annotations
 import socket
 import struct
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from twisted.internet import reactor
 from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import globalLogPublisher
 
-from netsvc.udpport import QuietUDPPort, listen_udp_quietly
+from netsvc.udpport import QuietUDPPort, SocketSet, connect_peer_socket, listen_udp_quietly
 
 UDP_SEGMENT = 103  # linux/udp.h
 
@@ -105,3 +107,118 @@ def test_coalescing_switched_on_mid_read_applies_to_the_next_read(
     sender.sendto(b"oack", address)
     port.doRead()
     assert protocol.datagrams == [b"oack", *datagrams]
+
+
+# -- the socket set and the peer socket -------------------------------------------------------
+
+
+class FakeReactor:
+    """Records addReader/removeReader: the set must be a reader only while it has sockets."""
+
+    def __init__(self) -> None:
+        self.readers: list[object] = []
+
+    def addReader(self, reader: object) -> None:
+        self.readers.append(reader)
+
+    def removeReader(self, reader: object) -> None:
+        self.readers.remove(reader)
+
+
+def udp_pair() -> tuple[socket.socket, socket.socket]:
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.setblocking(False)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    return receiver, sender
+
+
+def test_socket_set_is_a_reader_only_while_it_holds_sockets_and_calls_ready_handlers() -> None:
+    fake = FakeReactor()
+    sockets = SocketSet(fake)
+    (a, a_sender), (b, b_sender) = udp_pair(), udp_pair()
+    got: list[bytes] = []
+    try:
+        sockets.add(a.fileno(), lambda: got.append(a.recv(100)))
+        sockets.add(b.fileno(), lambda: got.append(b.recv(100)))
+        assert fake.readers == [sockets] and len(sockets) == 2
+        a_sender.sendto(b"to a", a.getsockname())
+        b_sender.sendto(b"to b", b.getsockname())
+        time.sleep(0.05)
+        sockets.doRead()
+        assert sorted(got) == [b"to a", b"to b"]
+        sockets.remove(a.fileno())
+        sockets.remove(a.fileno())  # twice is harmless
+        assert fake.readers == [sockets]
+        sockets.remove(b.fileno())
+        assert fake.readers == [] and len(sockets) == 0
+    finally:
+        for sock in (a, a_sender, b, b_sender):
+            sock.close()
+
+
+def test_socket_set_logs_a_failing_handler_and_still_runs_the_others() -> None:
+    sockets = SocketSet(FakeReactor())
+    (a, a_sender), (b, b_sender) = udp_pair(), udp_pair()
+    got: list[bytes] = []
+    failures: list[object] = []
+
+    def broken() -> None:
+        a.recv(100)
+        raise RuntimeError("handler bug")
+
+    observer = failures.append
+    globalLogPublisher.addObserver(observer)
+    try:
+        sockets.add(a.fileno(), broken)
+        sockets.add(b.fileno(), lambda: got.append(b.recv(100)))
+        a_sender.sendto(b"x", a.getsockname())
+        b_sender.sendto(b"y", b.getsockname())
+        time.sleep(0.05)
+        sockets.doRead()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+        for sock in (a, a_sender, b, b_sender):
+            sock.close()
+    assert got == [b"y"]
+    assert any("handler bug" in str(event.get("log_failure")) for event in failures)  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's SO_REUSEPORT rules")
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_the_peer_socket_gets_the_peers_datagrams_and_the_port_everyone_elses(host: str) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    protocol = Recorder()
+    port = listen_udp_quietly(reactor, 0, protocol, host)
+    assert isinstance(port, QuietUDPPort)
+    peer, stranger = (socket.socket(family, socket.SOCK_DGRAM) for _ in range(2))
+    peer.bind((host, 0))
+    peer_socket = connect_peer_socket(port, peer.getsockname()[:2])
+    try:
+        assert peer_socket is not None
+        address = port.socket.getsockname()
+        assert peer_socket.getsockname() == address
+        for n in range(3):
+            peer.sendto(b"peer %d" % n, address)
+            stranger.sendto(b"stranger %d" % n, address)
+        time.sleep(0.05)
+        port.doRead()
+        assert protocol.datagrams == [b"stranger 0", b"stranger 1", b"stranger 2"]
+        assert [peer_socket.recv(100) for _ in range(3)] == [b"peer 0", b"peer 1", b"peer 2"]
+        peer_socket.send(b"reply")
+        assert peer.recvfrom(100) == (b"reply", address)  # from the transfer's own port
+        # Ports bound later by anyone (no SO_REUSEPORT) never land on the shared one.
+        later = [socket.socket(family, socket.SOCK_DGRAM) for _ in range(300)]
+        try:
+            for sock in later:
+                sock.bind((host, 0))
+            assert address[1] not in {sock.getsockname()[1] for sock in later}
+        finally:
+            for sock in later:
+                sock.close()
+    finally:
+        if peer_socket is not None:
+            peer_socket.close()
+        peer.close()
+        stranger.close()
+        port.stopListening()

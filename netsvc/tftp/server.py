@@ -232,6 +232,10 @@ class Transfer(EngineSession):
             self.log.error("tftp: no port for a transfer: {error}", error=error)
             self.end()
             return
+        if self.request.is_read:
+            # The peer's ACKs on a socket of their own. (An upload's DATA stays on the
+            # port, which reads bursts of blocks with receive offload.)
+            self.use_peer_socket()
         limits = self.server.limits
         if limits.max_duration is not None:
             self._duration_timer = self.reactor.callLater(limits.max_duration, self._too_long)

@@ -10,6 +10,7 @@ happens when it ends (:meth:`EngineSession.session_ended`).
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
@@ -29,7 +30,7 @@ from netsvc.tftp.engine import (
     window_receive_buffer,
 )
 from netsvc.tftp.packets import ErrorCode
-from netsvc.udpport import QuietUDPPort
+from netsvc.udpport import QuietUDPPort, connect_peer_socket
 
 __all__ = ["READ_AHEAD", "EngineSession"]
 
@@ -47,6 +48,7 @@ class EngineSession(DatagramProtocol):
 
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
+        self._clock: Callable[[], float] = reactor.seconds
         self.engine: BlockSender | BlockReceiver | None = None
         self.reader: Any = None
         self.writer: Any = None
@@ -57,7 +59,13 @@ class EngineSession(DatagramProtocol):
         self._timer_at = float("inf")
         self._in_io_call = False
         self._completed_inline = False
-        self._sendto: Callable[[bytes, Any], object] | None = None
+        # How datagrams reach the peer: the socket's own sendto(datagram, peer), or a
+        # connected socket's send(datagram) (then _send_needs_address is False).
+        self._send: Callable[..., object] | None = None
+        self._send_needs_address = True
+        # A socket connected to the peer (see use_peer_socket), and its read size.
+        self._peer_socket: socket.socket | None = None
+        self._peer_read_size = 1024
         self._buffer = b""  # read-ahead from the reader; the next block starts at _offset
         self._offset = 0
         self._source_done = False
@@ -67,31 +75,89 @@ class EngineSession(DatagramProtocol):
 
     def send_to_peer(self, datagram: bytes) -> None:
         """Send a datagram to the peer; a failing send counts as a lost packet."""
-        sendto = self._sendto
-        if sendto is None:
-            sendto = self._sendto = self._direct_sendto()
-            if sendto is None:
+        send = self._send
+        if send is None:
+            send = self._send = self._direct_send()
+            if send is None:
                 return
         # EAGAIN, ENOBUFS, EPERM...: a failed send is a lost packet; the timers recover.
         # (try/except rather than suppress(): no context manager object per block)
-        try:  # noqa: SIM105
-            sendto(datagram, self.peer)
+        try:
+            if self._send_needs_address:
+                send(datagram, self.peer)
+            else:
+                send(datagram)
         except OSError:
             pass
 
-    def _direct_sendto(self) -> Callable[[bytes, Any], object] | None:
+    def _direct_send(self) -> Callable[..., object] | None:
         # Per block, Twisted's udp.Port.write re-validates the address three times; the
-        # socket's own sendto does the same job without that (and the same errors).
-        port = self.port
-        if port is None or self.peer is None:
+        # socket's own sendto does the same job without that (and the same errors), and
+        # a socket connected to the peer needs no address at all.
+        port, peer = self.port, self.peer
+        if port is None or peer is None:
             return None
+        self._send_needs_address = self._peer_socket is None
+        if self._peer_socket is not None:
+            connected: Callable[[bytes], object] = self._peer_socket.send
+            return connected
         try:
-            handle = port.getHandle()  # type: ignore[attr-defined]
+            sendto: Callable[[bytes, Any], object] = port.getHandle().sendto  # type: ignore[attr-defined]
         except (AttributeError, NotImplementedError):
-            write: Callable[[bytes, Any], object] = port.write  # type: ignore[attr-defined]
-            return write
-        direct: Callable[[bytes, Any], object] = handle.sendto
-        return direct
+            sendto = port.write  # type: ignore[attr-defined]
+        return sendto
+
+    def use_peer_socket(self) -> None:
+        """Talk to the peer through a socket connected to it (:func:`connect_peer_socket`),
+        where the reactor and the platform allow; the port still answers strangers.
+
+        Call once the port and peer are set, before anything is sent.
+        """
+        port, peer = self.port, self.peer
+        if not isinstance(port, QuietUDPPort) or port.socket_set is None or peer is None:
+            return
+        peer_socket = connect_peer_socket(port, peer)
+        if peer_socket is None:
+            return
+        self._peer_socket = peer_socket
+        self._send = None
+        port.socket_set.add(peer_socket.fileno(), self._peer_readable)
+
+    def _peer_readable(self) -> None:
+        # The peer socket's read handler: one datagram per call (level-triggered).
+        peer_socket = self._peer_socket
+        if peer_socket is None:
+            return
+        try:
+            datagram = peer_socket.recv(self._peer_read_size)
+        except OSError:
+            return  # nothing after all, or an ICMP error about an earlier send: the
+            # engine's timers treat it as the loss it is
+        engine = self.engine
+        if engine is None or self.finished:
+            return  # still opening the file: the peer will retransmit
+        engine.on_datagram(datagram, self._clock())
+        # after_event() in short for the usual case (runs per block): still running,
+        # and the armed timer fires no later than the engine's new deadline.
+        deadline = engine.deadline
+        if (
+            engine.outcome is None
+            and deadline is not None
+            and self._timer is not None
+            and self._timer_at <= deadline
+            and not self.committed
+        ):
+            return
+        self.after_event()
+
+    def _close_peer_socket(self) -> None:
+        peer_socket, self._peer_socket = self._peer_socket, None
+        if peer_socket is None:
+            return
+        port = self.port
+        if isinstance(port, QuietUDPPort) and port.socket_set is not None:
+            port.socket_set.remove(peer_socket.fileno())
+        peer_socket.close()
 
     def send_error(self, addr: Any, code: int, message: str) -> None:
         """Send ERROR to ``addr`` (the peer or a stranger)."""
@@ -220,7 +286,7 @@ class EngineSession(DatagramProtocol):
         if engine is None or port is None or not hasattr(port, "maxPacketSize"):
             return
         if isinstance(engine, BlockReceiver):
-            port.maxPacketSize = engine.blksize + 5
+            port.maxPacketSize = self._peer_read_size = engine.blksize + 5
             if engine.windowsize > 1 and isinstance(port, QuietUDPPort):
                 # A window of blocks arrives as a burst: with receive offload (where the
                 # kernel coalesces them) it is one read instead of many; and the socket
@@ -316,6 +382,7 @@ class EngineSession(DatagramProtocol):
             self.reader.close()
         if self.writer is not None and not self.committed:
             self.writer.abort()
+        self._close_peer_socket()
         if self.port is not None:
             self.port.stopListening()
         self.session_ended()
