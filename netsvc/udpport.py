@@ -217,6 +217,10 @@ class SocketSet:
     def __len__(self) -> int:
         return len(self._handlers)
 
+    def handlers(self) -> list[Callable[[], object]]:
+        """The read handlers of the sockets in the set."""
+        return list(self._handlers.values())
+
     # IReadDescriptor, for the reactor
 
     def fileno(self) -> int:

@@ -13,10 +13,20 @@ import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytest_twisted
+from twisted.internet import reactor as global_reactor
+from twisted.internet.task import deferLater
 
+from netsvc.tftp.backend import FilesystemBackend, MemoryWriter
+from netsvc.tftp.client import _ClientSession, download
+from netsvc.tftp.server import tftp_service
+from netsvc.udpport import QuietUDPPort, socket_set_for
 from tests.interop_support import HOST, TFTPServer
+
+reactor: Any = global_reactor
 
 BLOCKS = 3
 DATA = bytes(range(256)) * 5  # 1,280 bytes: blocks of 512, 512 and 256
@@ -76,3 +86,34 @@ def test_a_stranger_gets_error_5_while_the_download_goes_on(server: TFTPServer) 
     while not server.events() and time.monotonic() < deadline:
         time.sleep(0.02)  # the event is logged right after the last ACK arrives
     assert [(e["outcome"], int(e["bytes"])) for e in server.events()] == [("complete", len(DATA))]
+
+
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_finished_transfers_leave_no_socket_in_the_reactors_socket_set(
+    tmp_path: Path,
+) -> None:
+    # The set dispatches by descriptor number, which the system hands out again as soon
+    # as a socket is closed: a transfer must take its sockets out before closing them.
+    (tmp_path / "f").write_bytes(DATA * 100)
+    service = tftp_service(reactor, FilesystemBackend(str(tmp_path)), port=0, interface=HOST)
+    service.startService()
+    try:
+        port = next(iter(service)).port.getHost().port
+        for windowsize in (None, 4):
+            writer = MemoryWriter()
+            result = await download(
+                reactor, HOST, "f", writer, port=port, blksize=1024, windowsize=windowsize
+            )
+            assert result.bytes == len(DATA) * 100 and writer.data == DATA * 100
+        await deferLater(reactor, 0.2)  # the server reads the last ACK after the client ends
+        sockets = socket_set_for(reactor)
+        assert sockets is not None
+        # What is left are the client's ports, which dally to re-acknowledge a repeated
+        # last block; none of the server's (two per download: port and peer socket).
+        owners = [getattr(handler, "__self__", None) for handler in sockets.handlers()]
+        assert owners and all(isinstance(o, QuietUDPPort) for o in owners)
+        assert all(isinstance(o.protocol, _ClientSession) for o in owners)  # type: ignore[union-attr]
+    finally:
+        stopped = service.stopService()
+        if stopped is not None:
+            await stopped
