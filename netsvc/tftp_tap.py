@@ -23,6 +23,7 @@ from netsvc.tapkit import (
 from netsvc.tftp.backend import FilesystemBackend
 from netsvc.tftp.options import ServerOptionPolicy
 from netsvc.tftp.server import TFTP_PORT, TFTPServerLimits, tftp_service
+from netsvc.udpport import socket_set_for
 
 _LIMITS = TFTPServerLimits()
 _POLICY = ServerOptionPolicy()
@@ -66,6 +67,10 @@ def build_tftp(values: Values, reactor: Any) -> IService:
         max_duration=_none_if_zero(values["max-duration"]),
         port_range=values["port-range"],
     )
+    if values["no-spin"]:
+        sockets = socket_set_for(reactor)
+        if sockets is not None:
+            sockets.spinner = None
     return tftp_service(
         reactor, backend, port=values["port"], interface=values["interface"], policy=policy,
         limits=limits,
@@ -126,6 +131,11 @@ TFTP_SPEC = ServiceSpec(
         Flag("overwrite", "Allow uploads to replace existing files (needs writable)."),
         Flag("create-dirs", "Create missing directories for uploads (needs writable)."),
         Flag("backslash", "Treat \\ in file names as a directory separator (Windows clients)."),
+        Flag(
+            "no-spin",
+            "Never poll awake for a transfer's next packet (less CPU while transfers run,"
+            " up to 3x slower with a client on a fast link).",
+        ),
     ],
     build=build_tftp,
     check=_check,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import select
 import socket
 import sys
+import time
 import weakref
 from collections.abc import Callable
 from contextlib import suppress
@@ -36,6 +37,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from netsvc.sockopts import grow_receive_buffer
+from netsvc.spin import Spinner, usable_cpus
 
 __all__ = [
     "UDP_MAX_PACKET_SIZE",
@@ -187,11 +189,15 @@ class SocketSet:
     (:func:`socket_set_for` returns ``None`` elsewhere).
     """
 
-    #: Most ready sockets taken per reactor iteration (the rest wait for the next).
+    #: Most ready sockets taken per poll of the set (the rest wait for the next).
     BATCH = 256
+    #: Longest a visit from the reactor may last while answers keep coming (seconds).
+    LONGEST_VISIT = 0.002
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, spinner: Spinner | None = None) -> None:
         self.reactor = reactor
+        #: Spins for the next datagram after each batch (``None``: never spins).
+        self.spinner = spinner
         self._epoll = select.epoll()
         self._handlers: dict[int, Callable[[], object]] = {}
 
@@ -230,8 +236,34 @@ class SocketSet:
         return "SocketSet"
 
     def doRead(self) -> None:
+        poll = self._epoll.poll
+        ready = poll(0, self.BATCH)
+        spinner = self.spinner
+        if spinner is None:
+            self._dispatch(ready)
+            return
+        clock = time.perf_counter
+        leave = clock() + self.LONGEST_VISIT
+        while True:
+            self._dispatch(ready)
+            # The answer to what was just sent often comes within microseconds: wait
+            # for it awake (see netsvc.spin) instead of through the reactor's sleep.
+            budget = spinner.budget()
+            if not budget:
+                return
+            now = clock()
+            if now >= leave:
+                return  # the reactor's timers and other descriptors get their turn
+            end = min(now + budget, leave)
+            while not (ready := poll(0, self.BATCH)):
+                if clock() >= end:
+                    spinner.missed()
+                    return
+            spinner.caught()
+
+    def _dispatch(self, ready: list[tuple[int, int]]) -> None:
         handlers = self._handlers
-        for fd, _events in self._epoll.poll(0, self.BATCH):
+        for fd, _events in ready:
             handler = handlers.get(fd)
             if handler is None:
                 continue  # removed by an earlier handler in this batch
@@ -253,7 +285,8 @@ def socket_set_for(reactor: Any) -> SocketSet | None:
         return None
     found = _socket_sets.get(reactor)
     if found is None:
-        found = _socket_sets[reactor] = SocketSet(reactor)
+        spinner = Spinner() if usable_cpus() > 1 else None
+        found = _socket_sets[reactor] = SocketSet(reactor, spinner)
     return found
 
 

@@ -246,6 +246,23 @@ def test_tftp_plugin_options_reach_the_server(tmp_path: Any) -> None:
     assert server.backend.writable and server.backend.max_upload_size == 1000
 
 
+def test_tftp_no_spin_stops_the_transfer_sockets_waiting_awake(tmp_path: Any) -> None:
+    from twisted.internet.epollreactor import EPollReactor
+
+    from netsvc import tftp_tap
+    from netsvc.spin import usable_cpus
+    from netsvc.udpport import socket_set_for
+
+    private_reactor = EPollReactor()  # the socket set belongs to one reactor
+    values = parse(tftp_tap.Options, "--root", str(tmp_path))
+    tftp_tap.build_tftp(values, private_reactor)
+    sockets = socket_set_for(private_reactor)
+    assert sockets is not None and (sockets.spinner is not None) == (usable_cpus() > 1)
+    tftp_tap.build_tftp(parse(tftp_tap.Options, "--root", str(tmp_path), "--no-spin"),
+                        private_reactor)
+    assert sockets.spinner is None
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -705,14 +705,15 @@ def test_cli_against_tftpd_hpa(tmp_path: Path) -> None:
 @pytest.mark.skipif(not hasattr(pty, "openpty"), reason="no pseudo-terminals")
 def test_cli_progress_line_on_a_terminal(server: tuple[int, Path], tmp_path: Path) -> None:
     port, root = server
-    (root / "large.bin").write_bytes(payload(4_000_000, 3))
+    # Large enough to take several tenths of a second (about 50 MiB/s at blksize 512 here).
+    (root / "large.bin").write_bytes(payload(20_000_000, 3))
     output = run_on_a_terminal(
         [sys.executable, "-m", "netsvc", "tftp", "get", "--blksize", "512",
          f"127.0.0.1:{port}", "large.bin", str(tmp_path / "large.bin")]
     )
     frames = output.split("\r")
     assert frames[-1].endswith("\n") and "100%" in frames[-1] and "in 0:" in frames[-1]
-    assert "3.8 MiB/3.8 MiB" in frames[-1]
+    assert "19.1 MiB/19.1 MiB" in frames[-1]
     assert any("ETA" in frame for frame in frames[:-1]), output
     assert len(frames) < 200  # about ten updates a second, never one per packet
     quiet = run_on_a_terminal(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +15,7 @@ from twisted.internet import reactor
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import globalLogPublisher
 
+from netsvc.spin import Spinner
 from netsvc.udpport import QuietUDPPort, SocketSet, connect_peer_socket, listen_udp_quietly
 
 UDP_SEGMENT = 103  # linux/udp.h
@@ -222,3 +224,50 @@ def test_the_peer_socket_gets_the_peers_datagrams_and_the_port_everyone_elses(ho
         peer.close()
         stranger.close()
         port.stopListening()
+
+
+def test_socket_set_spins_for_the_next_datagram_and_serves_it_in_the_same_visit() -> None:
+    sockets = SocketSet(FakeReactor(), Spinner(limit=0.5))
+    sockets.LONGEST_VISIT = 1.0
+    receiver, sender = udp_pair()
+    got: list[bytes] = []
+
+    def answer() -> None:
+        got.append(receiver.recv(100))
+        if len(got) == 1:  # the "peer" answers a moment later, while the set spins
+            threading.Timer(0.01, sender.sendto, (b"second", receiver.getsockname())).start()
+
+    try:
+        sockets.add(receiver.fileno(), answer)
+        sender.sendto(b"first", receiver.getsockname())
+        time.sleep(0.05)
+        started = time.perf_counter()
+        sockets.doRead()
+        assert got == [b"first", b"second"]  # one visit from the reactor
+        # Then nothing more: the spin ends without a catch after its limit.
+        assert 0.5 <= time.perf_counter() - started < 2
+    finally:
+        receiver.close()
+        sender.close()
+
+
+def test_socket_set_visits_are_bounded_while_datagrams_keep_coming() -> None:
+    sockets = SocketSet(FakeReactor(), Spinner(limit=0.5))
+    sockets.LONGEST_VISIT = 0.05
+    receiver, sender = udp_pair()
+    address = receiver.getsockname()
+
+    def answer() -> None:
+        receiver.recv(100)
+        sender.sendto(b"more", address)  # always something new
+
+    try:
+        sockets.add(receiver.fileno(), answer)
+        sender.sendto(b"start", address)
+        time.sleep(0.05)
+        started = time.perf_counter()
+        sockets.doRead()
+        assert time.perf_counter() - started < 0.5  # back to the reactor after ~0.05 s
+    finally:
+        receiver.close()
+        sender.close()
