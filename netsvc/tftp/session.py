@@ -131,8 +131,9 @@ class EngineSession(DatagramProtocol):
         try:
             datagram = peer_socket.recv(self._peer_read_size)
         except OSError:
-            return  # nothing after all, or an ICMP error about an earlier send: the
-            # engine's timers treat it as the loss it is
+            # Nothing after all, or an ICMP error about an earlier send: the engine's
+            # timers treat that as the loss it is.
+            return
         engine = self.engine
         if engine is None or self.finished:
             return  # still opening the file: the peer will retransmit
