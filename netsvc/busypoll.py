@@ -21,7 +21,7 @@ import time
 
 from twisted.internet.epollreactor import EPollReactor
 
-from netsvc.spin import Spinner, usable_cpus
+from netsvc.spin import Spinner, useful_spinner
 
 __all__ = ["BusyPollReactor", "install", "make_reactor"]
 
@@ -36,35 +36,21 @@ class BusyPollReactor(EPollReactor):
     def doPoll(self, timeout: float | None) -> None:
         spinner = self.spinner
         if spinner is not None and (timeout is None or timeout > 0):
-            budget = spinner.budget()
-            if budget:
-                timeout = self._spin(spinner, budget, timeout)
+            poll = self._poller.poll
+            started = time.perf_counter()
+            # Level-triggered: an event seen here is reported again by the real poll.
+            if spinner.spin(lambda: poll(0, 1), timeout):
+                timeout = 0
+            elif timeout is not None:  # what is left of it after the spin
+                timeout = max(0.0, timeout - (time.perf_counter() - started))
         super().doPoll(timeout)  # type: ignore[no-untyped-call]
 
     doIteration = doPoll
 
-    def _spin(self, spinner: Spinner, budget: float, timeout: float | None) -> float | None:
-        """Poll without sleeping until something is ready or ``budget`` has passed;
-        the timeout left for the real poll (0 when something is ready)."""
-        poll = self._poller.poll
-        clock = time.perf_counter
-        started = clock()
-        end = started + (budget if timeout is None else min(budget, timeout))
-        while True:
-            # Level-triggered: an event seen here is reported again by the real poll.
-            if poll(0, 1):
-                spinner.caught()
-                return 0
-            if clock() >= end:
-                spinner.missed()
-                if timeout is None:
-                    return None
-                return max(0.0, timeout - (clock() - started))
-
 
 def make_reactor() -> BusyPollReactor:
     """A busy-polling reactor that spins only with two or more usable CPUs."""
-    return BusyPollReactor(Spinner() if usable_cpus() > 1 else None)
+    return BusyPollReactor(useful_spinner())
 
 
 def install() -> None:

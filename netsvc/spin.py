@@ -1,14 +1,20 @@
 """Adaptive busy-waiting: poll for a moment before going to sleep.
 
-Used by the blocking TFTP client (:class:`netsvc.tftp.blocking.UDPChannel`) and the
-``netsvc-busypoll`` reactor (:mod:`netsvc.busypoll`). No Twisted here.
+Used by the blocking TFTP client (:class:`netsvc.tftp.blocking.UDPChannel`), the
+``netsvc-busypoll`` reactor (:mod:`netsvc.busypoll`) and the transfer sockets'
+:class:`netsvc.udpport.SocketSet`. No Twisted here.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
-__all__ = ["SPIN_SECONDS", "Spinner", "usable_cpus"]
+__all__ = ["SPIN_SECONDS", "Spinner", "usable_cpus", "useful_spinner"]
+
+T = TypeVar("T")
 
 #: How long a wait for a datagram polls the socket before it sleeps (see :class:`Spinner`).
 SPIN_SECONDS = 100e-6
@@ -52,6 +58,26 @@ class Spinner:
             return 0.0
         return self.limit
 
+    def spin(self, poll: Callable[[], T], most: float | None = None) -> T | None:
+        """Call ``poll()`` without sleeping until it returns something true, for this
+        wait's :meth:`budget` (at most ``most`` seconds); that result, or ``None`` when
+        the budget ran out (a miss) or was nothing (pausing)."""
+        budget = self.budget()
+        if most is not None and most < budget:
+            budget = most
+        if budget <= 0:
+            return None
+        clock = time.perf_counter
+        end = clock() + budget
+        while True:
+            result = poll()
+            if result:
+                self.caught()
+                return result
+            if clock() >= end:
+                self.missed()
+                return None
+
     def caught(self) -> None:
         """The datagram arrived while spinning."""
         self._misses = 0
@@ -64,3 +90,9 @@ class Spinner:
             self._misses = 0
             self._pause = self._next_pause
             self._next_pause = min(2 * self._next_pause, self.longest_pause)
+
+
+def useful_spinner() -> Spinner | None:
+    """A :class:`Spinner`, or ``None`` with a single usable CPU: there, spinning would
+    only delay the peer it waits for."""
+    return Spinner() if usable_cpus() > 1 else None

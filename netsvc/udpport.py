@@ -39,7 +39,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from netsvc.sockopts import grow_receive_buffer
-from netsvc.spin import Spinner, usable_cpus
+from netsvc.spin import Spinner, useful_spinner
 
 __all__ = [
     "UDP_MAX_PACKET_SIZE",
@@ -246,24 +246,17 @@ class SocketSet:
         if spinner is None:
             self._dispatch(ready)
             return
-        clock = time.perf_counter
-        leave = clock() + self.LONGEST_VISIT
+        leave = time.perf_counter() + self.LONGEST_VISIT
+        batch = self.BATCH
         while True:
             self._dispatch(ready)
             # The answer to what was just sent often comes within microseconds: wait
-            # for it awake (see netsvc.spin) instead of through the reactor's sleep.
-            budget = spinner.budget()
-            if not budget:
+            # for it awake instead of through the reactor's sleep; the visit ends at
+            # ``leave`` all the same (the reactor's timers and other descriptors).
+            caught = spinner.spin(lambda: poll(0, batch), leave - time.perf_counter())
+            if not caught:
                 return
-            now = clock()
-            if now >= leave:
-                return  # the reactor's timers and other descriptors get their turn
-            end = min(now + budget, leave)
-            while not (ready := poll(0, self.BATCH)):
-                if clock() >= end:
-                    spinner.missed()
-                    return
-            spinner.caught()
+            ready = caught
 
     def _dispatch(self, ready: list[tuple[int, int]]) -> None:
         handlers = self._handlers
@@ -289,8 +282,7 @@ def socket_set_for(reactor: Any) -> SocketSet | None:
         return None
     found = _socket_sets.get(reactor)
     if found is None:
-        spinner = Spinner() if usable_cpus() > 1 else None
-        found = _socket_sets[reactor] = SocketSet(reactor, spinner)
+        found = _socket_sets[reactor] = SocketSet(reactor, useful_spinner())
     return found
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import netsvc.busypoll as busypoll
+import netsvc.spin as spin
 from netsvc.busypoll import BusyPollReactor
 from netsvc.spin import Spinner
 from netsvc.testing import RecordingDatagramProtocol
@@ -61,9 +62,9 @@ def test_a_zero_timeout_never_spins(
 
 
 def test_one_cpu_means_no_spinning(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(busypoll, "usable_cpus", lambda: 1)
+    monkeypatch.setattr(spin, "usable_cpus", lambda: 1)
     assert busypoll.make_reactor().spinner is None
-    monkeypatch.setattr(busypoll, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(spin, "usable_cpus", lambda: 2)
     assert isinstance(busypoll.make_reactor().spinner, Spinner)
 
 

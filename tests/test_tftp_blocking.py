@@ -301,12 +301,22 @@ def test_spinner_pauses_after_misses_for_longer_each_time_and_a_catch_resets_it(
     assert [spinner.budget() for _ in range(17)] == [0.0] * 16 + [1e-4]
 
 
-def test_udp_channel_spins_only_with_two_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    import netsvc.tftp.blocking as blocking
+def test_spinner_spin_returns_what_the_poll_found_or_none_after_its_budget() -> None:
+    spinner = Spinner(limit=0.05, misses_allowed=1)
+    answers = iter([None, None, "ready"])
+    assert spinner.spin(lambda: next(answers)) == "ready"
+    started = time.perf_counter()
+    assert spinner.spin(lambda: None, most=0.01) is None  # capped below the limit
+    assert time.perf_counter() - started < 0.04
+    assert spinner.spin(lambda: "never polled") is None  # a miss started a pause
 
-    monkeypatch.setattr(blocking, "usable_cpus", lambda: 1)
+
+def test_udp_channel_spins_only_with_two_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    import netsvc.spin as spin
+
+    monkeypatch.setattr(spin, "usable_cpus", lambda: 1)
     alone = UDPChannel(("127.0.0.1", 9))
-    monkeypatch.setattr(blocking, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(spin, "usable_cpus", lambda: 2)
     shared = UDPChannel(("127.0.0.1", 9))
     never = UDPChannel(("127.0.0.1", 9), spinner=None)
     try:

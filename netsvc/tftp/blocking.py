@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from netsvc.sockopts import grow_receive_buffer
-from netsvc.spin import Spinner, usable_cpus
+from netsvc.spin import Spinner, useful_spinner
 from netsvc.tftp.clientcore import (
     ClientSettings,
     FirstReply,
@@ -100,7 +100,7 @@ class UDPChannel:
         self._size = 65536
         self._read_first = False
         if spinner is True:
-            spinner = Spinner() if usable_cpus() > 1 else None
+            spinner = useful_spinner()
         self.spinner: Spinner | None = spinner or None
 
     def sender(self, address: Address) -> Callable[[bytes], None]:
