@@ -48,7 +48,6 @@ class EngineSession(DatagramProtocol):
 
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
-        self._clock: Callable[[], float] = reactor.seconds
         self.engine: BlockSender | BlockReceiver | None = None
         self.reader: Any = None
         self.writer: Any = None
@@ -137,18 +136,7 @@ class EngineSession(DatagramProtocol):
         engine = self.engine
         if engine is None or self.finished:
             return  # still opening the file: the peer will retransmit
-        engine.on_datagram(datagram, self._clock())
-        # after_event() in short for the usual case (runs per block): still running,
-        # and the armed timer fires no later than the engine's new deadline.
-        deadline = engine.deadline
-        if (
-            engine.outcome is None
-            and deadline is not None
-            and self._timer is not None
-            and self._timer_at <= deadline
-            and not self.committed
-        ):
-            return
+        engine.on_datagram(datagram, self.reactor.seconds())
         self.after_event()
 
     def _close_peer_socket(self) -> None:
