@@ -58,10 +58,9 @@ class EngineSession(DatagramProtocol):
         self._timer_at = float("inf")
         self._in_io_call = False
         self._completed_inline = False
-        # How datagrams reach the peer: the socket's own sendto(datagram, peer), or a
-        # connected socket's send(datagram) (then _send_needs_address is False).
+        # How datagrams reach the peer: the port socket's own sendto(datagram, peer), or
+        # the peer socket's send(datagram).
         self._send: Callable[..., object] | None = None
-        self._send_needs_address = True
         # A socket connected to the peer (see use_peer_socket), and its read size.
         self._peer_socket: socket.socket | None = None
         self._peer_read_size = 1024
@@ -82,7 +81,7 @@ class EngineSession(DatagramProtocol):
         # EAGAIN, ENOBUFS, EPERM...: a failed send is a lost packet; the timers recover.
         # (try/except rather than suppress(): no context manager object per block)
         try:
-            if self._send_needs_address:
+            if self._peer_socket is None:
                 send(datagram, self.peer)
             else:
                 send(datagram)
@@ -96,7 +95,6 @@ class EngineSession(DatagramProtocol):
         port, peer = self.port, self.peer
         if port is None or peer is None:
             return None
-        self._send_needs_address = self._peer_socket is None
         if self._peer_socket is not None:
             connected: Callable[[bytes], object] = self._peer_socket.send
             return connected
@@ -143,6 +141,7 @@ class EngineSession(DatagramProtocol):
         peer_socket, self._peer_socket = self._peer_socket, None
         if peer_socket is None:
             return
+        self._send = None  # it was this socket's send
         port = self.port
         if isinstance(port, QuietUDPPort) and port.socket_set is not None:
             port.socket_set.remove(peer_socket.fileno())
