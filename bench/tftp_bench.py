@@ -48,10 +48,11 @@ Measurement protocol:
     output, the JSON of pytftp/tftpy, and for atftp an untimed ``--trace`` download of the probe
     file just before the timed one. A server that grants a smaller blksize than asked makes the
     run INVALID (a failure); a windowsize not granted is measured but flagged with "*".
-  * Server CPU: user+system time of the server's process group over the measurement, from
-    /proc/PID/stat, plus (as root) the exit records of the kernel's taskstats interface for
-    processes that ended meanwhile: tftpd-hpa forks one process per transfer and ignores
-    SIGCHLD, so its children's CPU never shows in /proc (not even in the parent's cutime).
+  * Server CPU: user+system time of the server's session (all its process groups) over the
+    measurement, from /proc/PID/stat, plus (as root) the exit records of the kernel's
+    taskstats interface for processes that ended meanwhile: tftpd-hpa forks one process per
+    transfer and ignores SIGCHLD, so its children's CPU never shows in /proc (not even in the
+    parent's cutime); netsvc's download helper does the same.
     An exit record carries the task's exact run time (cpu_run_virtual_total; filled here with
     kernel.task_delayacct=0 too) and its tick-sampled utime/stime, used only when the former is
     missing: those read 10 % low typically and half in some runs for tftpd-hpa's bursty
@@ -380,8 +381,10 @@ def _stat_fields(path: str) -> list[str] | None:
     return text[text.rfind(")") + 2 :].split()
 
 
-def group_cpu(pgid: int) -> dict[int, float]:
-    """{pid: utime + stime in seconds} of every live process in process group ``pgid``.
+def group_cpu(sid: int) -> dict[int, float]:
+    """{pid: utime + stime in seconds} of every live process in session ``sid`` (the
+    server's: it starts as a session leader; a helper process of its own may form another
+    process group, as netsvc's download helper does).
 
     A process's own times include its dead threads but not its children (cutime is left
     out on purpose: exited children are counted from their taskstats exit record).
@@ -390,7 +393,7 @@ def group_cpu(pgid: int) -> dict[int, float]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             fields = _stat_fields(f"/proc/{entry}/stat")
-            if fields is not None and int(fields[2]) == pgid:
+            if fields is not None and int(fields[3]) == sid:
                 found[int(entry)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
     return found
 

@@ -67,13 +67,14 @@ def build_tftp(values: Values, reactor: Any) -> IService:
         max_duration=_none_if_zero(values["max-duration"]),
         port_range=values["port-range"],
     )
+    processes = not values["one-process"]
     if values["no-spin"]:
         sockets = socket_set_for(reactor)
         if sockets is not None:
             sockets.spinner = None
     return tftp_service(
         reactor, backend, port=values["port"], interface=values["interface"], policy=policy,
-        limits=limits,
+        limits=limits, processes=processes,
     )
 
 
@@ -135,6 +136,11 @@ TFTP_SPEC = ServiceSpec(
             "no-spin",
             "Never poll awake for a transfer's next packet (less CPU while transfers run,"
             " up to 3x slower with a client on a fast link).",
+        ),
+        Flag(
+            "one-process",
+            "Serve every download in this process (by default a download that starts while"
+            " another transfer runs gets a process of its own, as in tftpd-hpa).",
         ),
     ],
     build=build_tftp,

@@ -51,7 +51,7 @@ from netsvc.tftp.options import Negotiated
 from netsvc.tftp.packets import RRQ, WRQ, ErrorCode, Mode
 from netsvc.tftp.textmode import NetasciiReader
 
-__all__ = ["Channel", "UDPChannel", "run_transfer"]
+__all__ = ["Channel", "ReadAhead", "UDPChannel", "run_transfer"]
 
 Address = tuple[str, int]
 
@@ -191,8 +191,12 @@ class _DownloadSink:
         self.writer.commit_now()
 
 
-class _UploadSource:
-    """An upload's local side: netascii encoding, read-ahead, bytes read so far."""
+class ReadAhead:
+    """A sending side's source: netascii encoding, read-ahead, bytes read so far.
+
+    For a synchronous reader (``read(n)`` returns bytes): a client's upload, and a
+    server's download in a process of its own (:mod:`netsvc.tftp.downloader`).
+    """
 
     def __init__(self, reader: Any, *, netascii: bool) -> None:
         self.reader: Any = NetasciiReader(reader) if netascii else reader
@@ -268,7 +272,7 @@ class _BlockingTransfer:
         self.clock = clock
         netascii = request.mode is Mode.NETASCII
         self.sink = _DownloadSink(storage, netascii=netascii) if request.is_read else None
-        self.source = None if request.is_read else _UploadSource(storage, netascii=netascii)
+        self.source = None if request.is_read else ReadAhead(storage, netascii=netascii)
         self.engine: BlockSender | BlockReceiver | None = None
         self.succeeded = False
         # An upload's first blocks are read while the engine is being built: an error

@@ -208,6 +208,10 @@ class FilesystemReader:
         self._remaining -= len(chunk)
         return chunk
 
+    def fileno(self) -> int | None:
+        """The file's descriptor while open (a download in a process of its own reads it)."""
+        return self._fd
+
     def close(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:

@@ -15,7 +15,7 @@ from contextlib import suppress
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.protocol import DatagramProtocol
@@ -26,7 +26,21 @@ from netsvc.echo import is_unanswerable_source
 from netsvc.listening import ListenGroup, UDPListenService, add_child
 from netsvc.ratelimit import NEVER, PerKeyRateLimiter
 from netsvc.tftp.backend import BackendError, IBackend, RequestContext
-from netsvc.tftp.engine import BlockReceiver, BlockSender, Outcome, RetransmitTimer, encode_error
+from netsvc.tftp.downloader import (
+    TIME_LIMIT_MESSAGE,
+    DownloadJob,
+    DownloadReport,
+    SenderSettings,
+)
+from netsvc.tftp.engine import (
+    BlockReceiver,
+    Outcome,
+    RetransmitTimer,
+    TransferStats,
+    encode_error,
+)
+from netsvc.tftp.files import FilesystemReader
+from netsvc.tftp.handoff import DownloadHelper, ReportPipe, can_hand_off
 from netsvc.tftp.options import Negotiated, OptionNegotiationError, ServerOptionPolicy, negotiate
 from netsvc.tftp.packets import (
     OACK,
@@ -47,6 +61,8 @@ __all__ = ["TFTP_PORT", "TFTPServer", "TFTPServerLimits", "Transfer", "tftp_serv
 
 TFTP_PORT = 69
 DEFAULT_POLICY = ServerOptionPolicy()
+#: Seconds a stopping server waits for downloads in processes of their own to end.
+STOP_GRACE = 5.0
 
 
 @attrs.frozen
@@ -119,11 +135,17 @@ class TFTPServer(DatagramProtocol):
         policy: ServerOptionPolicy = DEFAULT_POLICY,
         limits: TFTPServerLimits = TFTPServerLimits(),
         interface: str = "",
+        processes: bool = False,
     ) -> None:
         self.reactor = reactor
         self.backend = backend
         self.policy = policy
         self.limits = limits
+        #: Whether a download of a regular file that starts while another transfer runs
+        #: gets a process of its own (:mod:`netsvc.tftp.downloader`), where the platform
+        #: allows. Takes effect with :meth:`start_helper`.
+        self.processes = processes and can_hand_off()
+        self.helper: DownloadHelper | None = None
         #: Address transfer sockets bind to: the listener's, so replies come from the
         #: address the client talked to whenever the listener is bound to one.
         self.interface = interface
@@ -200,10 +222,39 @@ class TFTPServer(DatagramProtocol):
         if self.transfers.get(transfer.key) is transfer:
             del self.transfers[transfer.key]
 
-    def shutdown(self) -> None:
-        """Abort every transfer (the peers get ERROR 0; partial uploads are discarded)."""
+    def start_helper(self) -> None:
+        """Start the process that runs downloads in processes of their own (if enabled)."""
+        if self.processes and self.helper is None:
+            try:
+                self.helper = DownloadHelper()
+            except OSError as error:
+                self.log.error(
+                    "tftp: cannot start the download helper ({error}); serving every"
+                    " download in this process",
+                    error=error.strerror,
+                )
+
+    def shutdown(self) -> Deferred[None] | None:
+        """Abort every transfer (the peers get ERROR 0; partial uploads are discarded).
+
+        Downloads in processes of their own are told to stop too: the result fires once
+        they have all ended and been logged (they are killed after :data:`STOP_GRACE`).
+        """
         for transfer in list(self.transfers.values()):
             transfer.abort(ErrorCode.NOT_DEFINED, "server shutting down")
+        helper, self.helper = self.helper, None
+        if helper is None:
+            return None
+        helper.stop()
+        waiting = [t.when_ended() for t in self.transfers.values() if not t.finished]
+        killer = self.reactor.callLater(STOP_GRACE, helper.kill)
+
+        def reap(result: object) -> None:
+            if killer.active():
+                killer.cancel()
+            helper.close()
+
+        return gatherResults(waiting).addBoth(reap)
 
 
 class Transfer(EngineSession):
@@ -221,6 +272,12 @@ class Transfer(EngineSession):
         self._logged = False
         #: Whether this transfer counts against the server's session caps.
         self.holds_slot = True
+        # A download in a process of its own: its report pipe while it runs, then its
+        # report (or, for a process that ended without one, that it did).
+        self._report_pipe: ReportPipe | None = None
+        self._report: DownloadReport | None = None
+        self._report_lost = False
+        self._end_waiters: list[Deferred[None]] = []
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -303,21 +360,87 @@ class Transfer(EngineSession):
             self._reject(error.code, error.reason)
             return
         self.negotiated = negotiated
+        settings = self._sender_settings(negotiated)
+        if self._hand_to_process(reader, settings, text):
+            return
         self.reader = NetasciiReader(reader) if text else reader
-        limits = self.server.limits
-        self.engine = BlockSender(
-            self.send_to_peer,
-            self.engine_read,
-            now=self.reactor.seconds(),
-            blksize=negotiated.blksize,
-            windowsize=negotiated.windowsize,
-            timer=limits.timer_for(negotiated.timeout),
-            preamble=OACK(negotiated.oack_items()).encode() if negotiated.granted else None,
-            give_up_after=limits.idle_timeout,
-            first_contact_retries=limits.first_contact_retries,
+        self.engine = settings.new_sender(
+            self.send_to_peer, self.engine_read, self.reactor.seconds()
         )
         self.fit_packet_size()
         self.after_event()
+
+    def _sender_settings(self, negotiated: Negotiated) -> SenderSettings:
+        limits = self.server.limits
+        timer = limits.timer_for(negotiated.timeout)
+        return SenderSettings(
+            blksize=negotiated.blksize,
+            windowsize=negotiated.windowsize,
+            preamble=OACK(negotiated.oack_items()).encode() if negotiated.granted else None,
+            initial_rto=timer.initial,
+            min_rto=timer.minimum,
+            max_rto=timer.maximum,
+            give_up_after=limits.idle_timeout,
+            first_contact_retries=limits.first_contact_retries,
+        )
+
+    def _hand_to_process(self, reader: Any, settings: SenderSettings, text: bool) -> bool:
+        """Run this download in a process of its own if the server is busy; whether it does.
+
+        Alone, a download is fastest here (the reactor's transfer sockets wait awake for
+        the next packet); with company, a process per download saves every client's CPU.
+        Only a regular file (a descriptor the child inherits, read synchronously) and a
+        socket connected to the client; anything else is served here.
+        """
+        server, peer_socket = self.server, self._peer_socket
+        helper = server.helper
+        if (
+            helper is None
+            or peer_socket is None
+            or not isinstance(reader, FilesystemReader)
+            or reader.size is None
+        ):
+            return False
+        fd = reader.fileno()
+        max_duration = server.limits.max_duration
+        if max_duration is not None:
+            max_duration -= self.reactor.seconds() - self._started
+        job = DownloadJob(
+            settings, size=reader.size, netascii=text, max_duration=max_duration,
+            spin=server.active == 1,
+        )
+        pipe = helper.hand_over(job, peer_socket, fd) if fd is not None else None
+        if pipe is None:
+            return False
+        self._report_pipe = ReportPipe(self.reactor, pipe, self._process_ended)
+        # The client's socket, the file and the time limit are the child's now. The port
+        # stays here and answers strangers.
+        self._close_peer_socket()
+        reader.close()
+        if self._duration_timer is not None and self._duration_timer.active():
+            self._duration_timer.cancel()
+        self._duration_timer = None
+        return True
+
+    def _process_ended(self, report: DownloadReport | None) -> None:
+        self._report_pipe = None
+        self._report = report
+        self._report_lost = report is None
+        self.end()
+
+    def when_ended(self) -> Deferred[None]:
+        """A Deferred that fires once this transfer has ended and been logged."""
+        waiter: Deferred[None] = Deferred()
+        if self.finished:
+            waiter.callback(None)
+        else:
+            self._end_waiters.append(waiter)
+        return waiter
+
+    def abort(self, code: int, message: str) -> None:
+        if self._report_pipe is not None:
+            return  # its process ends it; the server stops them all (TFTPServer.shutdown)
+        super().abort(code, message)
 
     def _start_receiving(self, writer: Any) -> None:
         if self.finished:
@@ -362,7 +485,7 @@ class Transfer(EngineSession):
 
     def _too_long(self) -> None:
         self._duration_timer = None
-        self.abort(ErrorCode.NOT_DEFINED, "transfer exceeded the server's time limit")
+        self.abort(ErrorCode.NOT_DEFINED, TIME_LIMIT_MESSAGE)
 
     # -- teardown -----------------------------------------------------------------------
 
@@ -381,13 +504,30 @@ class Transfer(EngineSession):
         self._duration_timer = None
         self.server.transfer_ended(self)
         self._log_outcome()
+        waiters, self._end_waiters = self._end_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
-    def _size_probe(self, engine: BlockSender | BlockReceiver) -> bool:
+    @property
+    def succeeded(self) -> bool:
+        if self._report is not None:
+            return self._report.outcome is Outcome.COMPLETE
+        return super().succeeded
+
+    def _result(self) -> tuple[Outcome | None, TransferStats] | None:
+        """The engine's outcome and counters, wherever it ran; ``None`` if none ran."""
+        if self._report is not None:
+            return self._report.outcome, self._report.stats
+        if self.engine is not None:
+            return self.engine.outcome, self.engine.stats
+        return None
+
+    def _size_probe(self, outcome: Outcome | None, stats: TransferStats) -> bool:
         return (
-            isinstance(engine, BlockSender)
-            and engine.outcome is Outcome.PEER_ERROR
-            and engine.stats.error_code == ErrorCode.OPTION_NEGOTIATION
-            and engine.stats.blocks == 0
+            self.request.is_read
+            and outcome is Outcome.PEER_ERROR
+            and stats.error_code == ErrorCode.OPTION_NEGOTIATION
+            and stats.blocks == 0
             and self.negotiated is not None
             and bool(self.negotiated.granted)
         )
@@ -396,22 +536,26 @@ class Transfer(EngineSession):
         if self._logged:
             return
         self._logged = True
-        engine = self.engine
-        if engine is None:
-            code, message = self._rejected or (None, "")
-            outcome = "refused"
+        result = self._result()
+        if result is None:
             stats: dict[str, Any] = {"bytes": 0, "retransmits": 0}
-        elif self.succeeded:
-            outcome = "complete"
-        elif self._size_probe(engine):
-            # The client read our OACK (typically tsize) and ended with ERROR 8 on purpose,
-            # as UEFI firmware does to learn a file's size: a normal end, not a failure.
-            outcome = "size-probe"
+            if self._report_lost:
+                outcome, code, message = "aborted", None, "its process ended without a report"
+            else:
+                outcome = "refused"
+                code, message = self._rejected or (None, "")
         else:
-            outcome = engine.outcome.value if engine.outcome else "aborted"
-        if engine is not None:
-            code, message = engine.stats.error_code, engine.stats.error_message
-            stats = {"bytes": engine.stats.bytes, "retransmits": engine.stats.retransmits}
+            ended, counters = result
+            if self.succeeded:
+                outcome = "complete"
+            elif self._size_probe(ended, counters):
+                # The client read our OACK (typically tsize) and ended with ERROR 8 on
+                # purpose, as UEFI firmware does to learn a file's size: a normal end.
+                outcome = "size-probe"
+            else:
+                outcome = ended.value if ended else "aborted"
+            code, message = counters.error_code, counters.error_message
+            stats = {"bytes": counters.bytes, "retransmits": counters.retransmits}
         negotiated = self.negotiated
         self.log.info(
             "tftp {direction} {filename!r} {peer}: {outcome}, {bytes} bytes in {duration:.3f}s",
@@ -424,6 +568,8 @@ class Transfer(EngineSession):
             error_code=code,
             error_message=message,
             duration=self.reactor.seconds() - self._started,
+            # The process that ran the download, when not this one (TFTPServer.processes).
+            process=self._report.pid if self._report is not None else None,
             **stats,
         )
 
@@ -435,10 +581,18 @@ class _TFTPService(ListenGroup):
         ListenGroup.__init__(self)
         self.server = server
 
+    def startService(self) -> None:
+        self.server.start_helper()
+        ListenGroup.startService(self)
+
     def stopService(self) -> Deferred[None] | None:
-        self.server.shutdown()
+        ended = self.server.shutdown()
         result: Deferred[None] | None = ListenGroup.stopService(self)
-        return result
+        if ended is None:
+            return result
+        if result is None:
+            return ended
+        return gatherResults([ended, result]).addCallback(lambda _: None)
 
 
 def tftp_service(
@@ -449,9 +603,15 @@ def tftp_service(
     interface: str = "",
     policy: ServerOptionPolicy = DEFAULT_POLICY,
     limits: TFTPServerLimits = TFTPServerLimits(),
+    processes: bool = False,
 ) -> ListenGroup:
-    """A service serving ``backend`` over TFTP on ``interface``:``port``."""
-    server = TFTPServer(reactor, backend, policy=policy, limits=limits, interface=interface)
+    """A service serving ``backend`` over TFTP on ``interface``:``port``.
+
+    ``processes``: see :attr:`TFTPServer.processes`.
+    """
+    server = TFTPServer(
+        reactor, backend, policy=policy, limits=limits, interface=interface, processes=processes
+    )
     service = _TFTPService(server)
     add_child(service, UDPListenService(reactor, port, server, interface, what="TFTP"))
     return service

@@ -1,0 +1,301 @@
+"""Downloads in processes of their own: the helper program and what runs in its children.
+
+Why: one process serving many lock-step downloads makes every client sleep and be woken
+again for each block, and the clients' CPU adds up to more than the server's. A download
+in a process of its own sleeps in ``recv`` on its own socket: the client's ACK wakes
+exactly that process, on the client's CPU, which answers before the client has gone to
+sleep (tftpd-hpa's architecture). Figures: docs/benchmarks.rst.
+
+The server (:mod:`netsvc.tftp.handoff`) starts this module once as a small helper process
+(``python -m netsvc.tftp.downloader FD``: no Twisted, a few MB), so that a fork per
+download is cheap: forking the server itself costs about 12 ms of CPU per download
+(page tables and copy-on-write faults of a large process). For each download the server
+sends a :class:`DownloadJob` with three descriptors: the socket connected to the client,
+the open file, and the write end of a pipe. The helper forks; the child runs the engine
+(:func:`drive_download`), writes a :class:`DownloadReport` to the pipe and exits.
+
+Nothing here imports Twisted.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable
+
+import attrs
+
+from netsvc.spin import Spinner, useful_spinner
+from netsvc.tftp.blocking import ReadAhead
+from netsvc.tftp.engine import BlockSender, Outcome, RetransmitTimer, TransferStats
+from netsvc.tftp.files import BackendError, FilesystemReader
+from netsvc.tftp.packets import ErrorCode
+
+__all__ = [
+    "DownloadJob",
+    "DownloadReport",
+    "SenderSettings",
+    "drive_download",
+    "serve_jobs",
+]
+
+#: Descriptors that come with a job: client socket, file, report pipe.
+JOB_FDS = 3
+#: Largest job or report message (both are one short JSON object).
+MESSAGE_LIMIT = 16384
+#: The ERROR message of a transfer stopped by the server's time limit (wherever it runs).
+TIME_LIMIT_MESSAGE = "transfer exceeded the server's time limit"
+#: The longest single wait in ``recv`` (the loop re-checks its deadlines after it).
+_LONGEST_WAIT_MS = 60_000
+
+
+@attrs.frozen
+class SenderSettings:
+    """Everything a download's engine is built from (negotiated options, timers, limits)."""
+
+    blksize: int
+    windowsize: int
+    preamble: bytes | None  # the OACK, when options were granted
+    initial_rto: float
+    min_rto: float
+    max_rto: float
+    give_up_after: float
+    first_contact_retries: int
+
+    def new_sender(
+        self, send: Callable[[bytes], None], read: Callable[[int], bytes | None], now: float
+    ) -> BlockSender:
+        """The engine (it sends its first packet at once)."""
+        return BlockSender(
+            send,
+            read,
+            now=now,
+            blksize=self.blksize,
+            windowsize=self.windowsize,
+            timer=RetransmitTimer(self.initial_rto, self.min_rto, self.max_rto),
+            preamble=self.preamble,
+            give_up_after=self.give_up_after,
+            first_contact_retries=self.first_contact_retries,
+        )
+
+
+@attrs.frozen
+class DownloadJob:
+    """A download handed to the helper: the engine's settings and the file's particulars."""
+
+    sender: SenderSettings
+    size: int  # bytes to send from the file (its size when the server opened it)
+    netascii: bool
+    max_duration: float | None  # seconds left of the server's time limit
+    spin: bool = False  # whether waits poll awake first (see drive_download)
+
+    def encode(self) -> bytes:
+        fields = attrs.asdict(self)
+        preamble = self.sender.preamble
+        fields["sender"]["preamble"] = None if preamble is None else preamble.hex()
+        return json.dumps(fields).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> DownloadJob:
+        """:raises ValueError: not a job."""
+        try:
+            fields = json.loads(data)
+            sender = fields.pop("sender")
+            preamble = sender.pop("preamble")
+            settings = SenderSettings(
+                preamble=None if preamble is None else bytes.fromhex(preamble), **sender
+            )
+            return cls(sender=settings, **fields)
+        except (TypeError, KeyError, AttributeError) as error:
+            raise ValueError(f"not a download job: {error}") from None
+
+
+@attrs.frozen
+class DownloadReport:
+    """How a download in a child process ended: its engine's outcome and counters."""
+
+    outcome: Outcome
+    stats: TransferStats
+    pid: int
+
+    def encode(self) -> bytes:
+        stats = attrs.asdict(self.stats)
+        return json.dumps({"outcome": self.outcome.value, "pid": self.pid, **stats}).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> DownloadReport | None:
+        """The report in ``data``, or ``None`` for anything else (a child that died)."""
+        try:
+            fields = json.loads(data)
+            outcome = Outcome(fields.pop("outcome"))
+            pid = int(fields.pop("pid"))
+            return cls(outcome, TransferStats(**fields), pid)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+
+
+class _Stopped(BaseException):
+    """Raised in a child by SIGTERM or SIGINT: the server is stopping."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stopped
+
+
+def drive_download(
+    job: DownloadJob,
+    peer_socket: socket.socket,
+    read: Callable[[int], bytes],
+    *,
+    spinner: Spinner | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> BlockSender:
+    """Run a download to its end on ``peer_socket`` (connected to the client), blocking.
+
+    ``read(n)`` is the file (synchronous); a read that fails ends the download with an
+    ERROR to the client, as in the server's reactor. Only the client's datagrams reach a
+    connected socket. Each wait first polls awake for the ``spinner``'s budget (a fast
+    client's ACK is there within microseconds; a busy machine makes the spinner pause),
+    then sleeps in ``recv`` until the engine's deadline (``SO_RCVTIMEO``). SIGTERM (the
+    server stopping) ends it with ERROR 0. Returns the finished engine.
+    """
+    read_failure: list[tuple[int, str]] = []
+
+    def read_block(size: int) -> bytes | None:
+        try:
+            return read(size)
+        except BackendError as error:
+            read_failure.append((error.code, error.message))
+        except OSError as error:
+            read_failure.append((ErrorCode.NOT_DEFINED, f"read error: {error.strerror}"))
+        return None  # the engine waits for data that never comes: aborted below
+
+    peer_socket.setblocking(True)
+    socket_send = peer_socket.send
+
+    def send(datagram: bytes) -> None:
+        try:  # noqa: SIM105 (no context manager object per block)
+            socket_send(datagram)
+        except OSError:
+            pass  # ENOBUFS, ECONNREFUSED...: a lost packet; the timers recover
+
+    recv = peer_socket.recv
+
+    def poll() -> bytes | None:
+        try:
+            return recv(1024, socket.MSG_DONTWAIT)
+        except OSError:
+            return None  # nothing yet (EAGAIN), or an ICMP error about a send
+
+    engine = job.sender.new_sender(send, read_block, clock())
+    stop_at = math.inf if job.max_duration is None else clock() + job.max_duration
+    setsockopt = peer_socket.setsockopt
+    waiting_ms = 0
+    try:
+        while engine.outcome is None:
+            now = clock()
+            if read_failure:
+                engine.abort(*read_failure[0], now)
+                break
+            if now >= stop_at:
+                engine.abort(ErrorCode.NOT_DEFINED, TIME_LIMIT_MESSAGE, now)
+                break
+            deadline = engine.deadline
+            wake = stop_at if deadline is None or deadline > stop_at else deadline
+            if wake <= now:
+                engine.on_timeout(now)
+                continue
+            datagram = spinner.spin(poll, wake - now) if spinner is not None else None
+            if datagram is None:
+                # Sleep for a power of two milliseconds, the largest that ends by the
+                # deadline (the loop waits again for the rest): the setting changes when
+                # the timer crosses a power of two, not at every block.
+                milliseconds = min(math.ceil((wake - now) * 1000), _LONGEST_WAIT_MS)
+                milliseconds = 1 << (milliseconds.bit_length() - 1)
+                if milliseconds != waiting_ms:
+                    waiting_ms = milliseconds
+                    seconds, rest = divmod(milliseconds, 1000)
+                    setsockopt(
+                        socket.SOL_SOCKET,
+                        socket.SO_RCVTIMEO,
+                        struct.pack("ll", seconds, rest * 1000),
+                    )
+                try:
+                    datagram = recv(1024)
+                except OSError:
+                    continue  # the wait ended (EAGAIN), or an ICMP error: the timers decide
+            engine.on_datagram(datagram, clock())
+    except _Stopped:
+        engine.abort(ErrorCode.NOT_DEFINED, "server shutting down", clock())
+    return engine
+
+
+def run_job(job: DownloadJob, peer_fd: int, file_fd: int) -> DownloadReport:
+    """The child's work: serve the file, say how it ended."""
+    peer_socket = socket.socket(fileno=peer_fd)
+    source = ReadAhead(FilesystemReader(file_fd, job.size), netascii=job.netascii)
+    spinner = useful_spinner() if job.spin else None
+    engine = drive_download(job, peer_socket, source.read, spinner=spinner)
+    return DownloadReport(engine.outcome or Outcome.LOCAL_ERROR, engine.stats, os.getpid())
+
+
+def serve_jobs(control: socket.socket) -> None:
+    """The helper's loop: fork a child per job until the server closes ``control``."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(control, MESSAGE_LIMIT, JOB_FDS)
+        except InterruptedError:
+            continue
+        if not message:
+            return  # the server is gone
+        try:
+            if len(fds) == JOB_FDS:
+                _fork_child(control, DownloadJob.decode(message), *fds)
+        except ValueError as error:
+            print(f"netsvc.tftp.downloader: ignored a bad job: {error}", file=sys.stderr)
+        except OSError as error:  # no fork: the report pipe closes empty, the server logs it
+            print(f"netsvc.tftp.downloader: cannot fork: {error}", file=sys.stderr)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+def _fork_child(
+    control: socket.socket, job: DownloadJob, peer_fd: int, file_fd: int, report_fd: int
+) -> None:
+    if os.fork() != 0:
+        return
+    status = 1
+    try:
+        control.close()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, _stop)
+        report = run_job(job, peer_fd, file_fd)
+        os.write(report_fd, report.encode())
+        status = 0
+    finally:
+        os._exit(status)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m netsvc.tftp.downloader FD``: serve jobs from the Unix socket ``FD``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not args[0].isdigit():
+        sys.exit("usage: python -m netsvc.tftp.downloader FD  (started by the TFTP server)")
+    os.setpgid(0, 0)  # a group of its own, for its downloads too: the server stops it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
+    gc.freeze()  # children would otherwise copy pages when a collection touches them
+    with socket.socket(fileno=int(args[0])) as control:
+        serve_jobs(control)
+
+
+if __name__ == "__main__":
+    main()

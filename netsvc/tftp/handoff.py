@@ -1,0 +1,157 @@
+"""The server's side of downloads in processes of their own (see :mod:`netsvc.tftp.downloader`).
+
+:class:`DownloadHelper` starts the helper program, hands it downloads, and stops it and
+its children. :class:`ReportPipe` reads one child's report when the child ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any
+
+from twisted.internet.main import CONNECTION_DONE
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from netsvc.tftp.downloader import MESSAGE_LIMIT, DownloadJob, DownloadReport
+
+__all__ = ["DownloadHelper", "ReportPipe", "can_hand_off"]
+
+_log = Logger()
+
+
+def can_hand_off() -> bool:
+    """Whether this platform can run downloads in processes of their own."""
+    return (
+        hasattr(os, "fork")
+        and hasattr(socket, "send_fds")
+        and hasattr(socket, "SO_RCVTIMEO")
+        and hasattr(os, "killpg")
+    )
+
+
+class DownloadHelper:
+    """The helper process (``python -m netsvc.tftp.downloader``) and its Unix socket.
+
+    The helper makes itself a process group that its downloads share: a stop reaches
+    them all with one signal, and a terminal's Ctrl-C (sent to the server's group) none
+    of them. They stay in the server's session.
+    """
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "netsvc.tftp.downloader", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)  # a full socket means "serve it here", never a wait
+        self._control: socket.socket | None = ours
+
+    @property
+    def alive(self) -> bool:
+        return self._control is not None
+
+    def hand_over(self, job: DownloadJob, peer_socket: socket.socket, file_fd: int) -> int | None:
+        """Give a download to the helper; the read end of its report pipe, or ``None``
+        when the helper cannot take it (the caller serves the download itself)."""
+        control = self._control
+        if control is None:
+            return None
+        message = job.encode()
+        if len(message) > MESSAGE_LIMIT:
+            return None
+        read_end, write_end = os.pipe()
+        try:
+            socket.send_fds(control, [message], [peer_socket.fileno(), file_fd, write_end])
+        except BlockingIOError:
+            os.close(read_end)
+            return None
+        except OSError as error:
+            os.close(read_end)
+            _log.error(
+                "tftp: the download helper is gone ({error}); serving every download here",
+                error=error.strerror,
+            )
+            self._forget()
+            return None
+        finally:
+            os.close(write_end)
+        return read_end
+
+    def stop(self) -> None:
+        """End the helper and every download it runs: each tells its client (ERROR 0)."""
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """End them all at once (a stop that waited too long)."""
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signum)
+        with suppress(ProcessLookupError, PermissionError):
+            os.kill(self.process.pid, signum)  # in case it has not made its group yet
+
+    def close(self) -> None:
+        """Stop taking downloads: the helper exits; the downloads it runs go on."""
+        self._forget()
+        with suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=1.0)
+
+    def _forget(self) -> None:
+        control, self._control = self._control, None
+        if control is not None:
+            control.close()
+
+
+class ReportPipe:
+    """Reads one child's report; ``done(report)`` once the child has closed the pipe by
+    exiting (``None``: it ended without one, killed or crashed).
+
+    An ``IReadDescriptor`` for the reactor.
+    """
+
+    def __init__(
+        self, reactor: Any, fd: int, done: Callable[[DownloadReport | None], object]
+    ) -> None:
+        self._fd = fd
+        self._data = b""
+        self._done = done
+        os.set_blocking(fd, False)
+        reactor.addReader(self)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def logPrefix(self) -> str:
+        return "tftp-download-process"
+
+    def doRead(self) -> object:
+        try:
+            chunk = os.read(self._fd, MESSAGE_LIMIT)
+        except BlockingIOError:
+            return None
+        if not chunk or len(self._data) + len(chunk) > MESSAGE_LIMIT:
+            return CONNECTION_DONE  # the reactor stops reading and calls connectionLost
+        self._data += chunk
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+        self._done(DownloadReport.decode(self._data))
+
