@@ -1,0 +1,341 @@
+"""Downloads in processes of their own: the helper's messages, the child's loop, and the
+real server (``twistd netsvc-tftp``) handing downloads over, stopping and losing them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from netsvc.spin import Spinner
+from netsvc.tftp.downloader import (
+    TIME_LIMIT_MESSAGE,
+    DownloadJob,
+    DownloadReport,
+    SenderSettings,
+    drive_download,
+)
+from netsvc.tftp.engine import BlockSender, Outcome, TransferStats
+from netsvc.tftp.files import BackendError
+from netsvc.tftp.packets import ErrorCode
+from tests.interop_support import HOST, TFTPServer
+
+DATA = bytes(range(256)) * 5  # 1,280 bytes: blocks of 512, 512 and 256
+
+
+def settings(**changes: object) -> SenderSettings:
+    values: dict[str, object] = {
+        "blksize": 512, "windowsize": 1, "preamble": None, "initial_rto": 0.05,
+        "min_rto": 0.01, "max_rto": 0.05, "give_up_after": 5.0, "first_contact_retries": 4,
+    }
+    values.update(changes)
+    return SenderSettings(**values)  # type: ignore[arg-type]
+
+
+def job(max_duration: float | None = None, **changes: object) -> DownloadJob:
+    return DownloadJob(
+        settings(**changes), size=len(DATA), netascii=False, max_duration=max_duration
+    )
+
+
+# -- messages ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preamble", [None, b"\x00\x06blksize\x00512\x00"])
+def test_a_job_survives_its_trip_to_the_helper(preamble: bytes | None) -> None:
+    sent = DownloadJob(settings(preamble=preamble), size=7, netascii=True, max_duration=3.5)
+    assert DownloadJob.decode(sent.encode()) == sent
+
+
+@pytest.mark.parametrize("garbage", [b"", b"{", b"[]", b'{"size": 1}', b'{"sender": {}}'])
+def test_anything_but_a_job_is_refused(garbage: bytes) -> None:
+    with pytest.raises(ValueError):
+        DownloadJob.decode(garbage)
+
+
+def test_a_report_survives_the_pipe_and_garbage_is_no_report() -> None:
+    stats = TransferStats(blocks=3, bytes=1280, retransmits=2, error_code=None)
+    report = DownloadReport(Outcome.COMPLETE, stats, pid=1234)
+    assert DownloadReport.decode(report.encode()) == report
+    for garbage in (b"", b"{", b'{"outcome": "nonsense", "pid": 1}', b'{"outcome": "complete"}'):
+        assert DownloadReport.decode(garbage) is None
+
+
+# -- the child's loop, over loopback --------------------------------------------------------
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(the child's socket connected to the client, the client's socket)."""
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind((HOST, 0))
+    client.settimeout(5)
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind((HOST, 0))
+    server.connect(client.getsockname())
+    client.connect(server.getsockname())
+    yield server, client
+    server.close()
+    client.close()
+
+
+def in_thread(run: Callable[[], BlockSender]) -> Callable[[], BlockSender]:
+    """Start ``run`` in a thread; the returned function joins it and gives its result."""
+    result: list[BlockSender] = []
+    thread = threading.Thread(target=lambda: result.append(run()), daemon=True)
+    thread.start()
+
+    def join() -> BlockSender:
+        thread.join(10)
+        assert result, "drive_download did not return"
+        return result[0]
+
+    return join
+
+
+@pytest.mark.parametrize("spinner", [None, Spinner()], ids=["sleeping", "spinning"])
+def test_the_child_serves_the_file_to_the_end(
+    pair: tuple[socket.socket, socket.socket], spinner: Spinner | None
+) -> None:
+    server, client = pair
+    source = iter([DATA[:512], DATA[512:1024], DATA[1024:], b""])
+    finished = in_thread(
+        lambda: drive_download(job(), server, lambda size: next(source), spinner=spinner)
+    )
+    received = b""
+    for block in (1, 2, 3):
+        datagram = client.recv(1024)
+        assert datagram[:4] == struct.pack("!HH", 3, block)
+        received += datagram[4:]
+        client.send(struct.pack("!HH", 4, block))
+    engine = finished()
+    assert received == DATA
+    assert engine.outcome is Outcome.COMPLETE and engine.stats.bytes == len(DATA)
+
+
+def test_a_silent_client_is_retried_then_given_up(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    server, client = pair
+    started = time.monotonic()
+    engine = drive_download(job(give_up_after=0.3), server, lambda size: DATA[:size])
+    assert engine.outcome is Outcome.TIMED_OUT and engine.stats.retransmits >= 2
+    assert time.monotonic() - started < 3
+    first = client.recv(1024)
+    assert first[:4] == b"\x00\x03\x00\x01" and client.recv(1024) == first  # sent again
+
+
+def test_a_read_error_reaches_the_client(pair: tuple[socket.socket, socket.socket]) -> None:
+    server, client = pair
+
+    def failing_read(size: int) -> bytes:
+        raise BackendError("disk went away", ErrorCode.ACCESS_VIOLATION)
+
+    engine = drive_download(job(), server, failing_read)
+    assert engine.outcome is Outcome.LOCAL_ERROR
+    assert client.recv(1024) == b"\x00\x05\x00\x02disk went away\x00"
+
+
+def test_the_time_limit_holds_in_the_child(pair: tuple[socket.socket, socket.socket]) -> None:
+    server, client = pair
+    patient = job(max_duration=0.2, first_contact_retries=100)
+    engine = drive_download(patient, server, lambda size: DATA[:size])
+    assert engine.outcome is Outcome.LOCAL_ERROR
+    assert engine.stats.error_message == TIME_LIMIT_MESSAGE
+    last = b""
+    client.settimeout(0.5)
+    while True:
+        try:
+            last = client.recv(1024)
+        except TimeoutError:
+            break
+    assert last == b"\x00\x05\x00\x00" + TIME_LIMIT_MESSAGE.encode() + b"\x00"
+
+
+# -- the real server ------------------------------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    text = stat.read()
+            except OSError:
+                continue
+            if int(text[text.rfind(")") + 2 :].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (where nobody reaps orphans, as in
+    some containers, an ended process stays one)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            text = stat.read()
+    except OSError:
+        return False
+    return text[text.rfind(")") + 2] != "Z"
+
+
+def helper_of(server: TFTPServer) -> int | None:
+    assert server.process is not None
+    for pid in children(server.process.pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if b"netsvc.tftp.downloader" in cmdline.read():
+                    return pid
+        except OSError:
+            continue
+    return None
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+def start_download(port: int) -> tuple[socket.socket, tuple[str, int]]:
+    """Request ``f`` and read DATA 1 without acknowledging it: the download waits."""
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind((HOST, 0))
+    client.settimeout(5)
+    client.sendto(b"\x00\x01f\x00octet\x00", (HOST, port))
+    datagram, transfer = client.recvfrom(1024)
+    assert datagram[:4] == b"\x00\x03\x00\x01"
+    return client, transfer
+
+
+def finish_download(client: socket.socket, transfer: tuple[str, int]) -> bytes:
+    received, block = b"", 1
+    client.sendto(struct.pack("!HH", 4, 1), transfer)
+    received = DATA[:512]  # DATA 1 was read by start_download
+    while True:
+        datagram = client.recv(1024)
+        opcode, number = struct.unpack("!HH", datagram[:4])
+        assert opcode == 3, datagram
+        if number == block:
+            continue  # a retransmission of what we already have
+        block = number
+        received += datagram[4:]
+        client.sendto(struct.pack("!HH", 4, block), transfer)
+        if len(datagram) < 516:
+            return received
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Callable[..., TFTPServer]]:
+    started: list[TFTPServer] = []
+
+    def make(*flags: str) -> TFTPServer:
+        root = tmp_path / "root"
+        root.mkdir(exist_ok=True)
+        (root / "f").write_bytes(DATA)
+        server = TFTPServer(root, tmp_path / f"twistd{len(started)}.log", *flags).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+def test_a_download_runs_in_a_process_forked_by_the_helper(
+    make_server: Callable[..., TFTPServer],
+) -> None:
+    server = make_server()
+    helper = helper_of(server)
+    assert helper is not None
+    client, transfer = start_download(server.port)
+    try:
+        wait_for(lambda: len(children(helper)) == 1)  # the download's own process
+        assert finish_download(client, transfer) == DATA
+    finally:
+        client.close()
+    wait_for(lambda: children(helper) == [])
+    wait_for(server.events)
+    assert [(e["outcome"], int(e["bytes"])) for e in server.events()] == [("complete", len(DATA))]
+
+
+def test_one_process_means_no_helper(make_server: Callable[..., TFTPServer]) -> None:
+    server = make_server("--one-process")
+    assert helper_of(server) is None
+    client, transfer = start_download(server.port)
+    try:
+        assert finish_download(client, transfer) == DATA
+    finally:
+        client.close()
+
+
+def test_stopping_the_server_stops_its_downloads_and_tells_their_clients(
+    make_server: Callable[..., TFTPServer],
+) -> None:
+    server = make_server()
+    helper = helper_of(server)
+    assert helper is not None and server.process is not None
+    client, transfer = start_download(server.port)
+    try:
+        wait_for(lambda: len(children(helper)) == 1)
+        (download,) = children(helper)
+        server.process.send_signal(signal.SIGTERM)  # as twistd is stopped, not the group
+        while True:
+            datagram, source = client.recvfrom(1024)
+            if datagram[:2] == b"\x00\x05":
+                break  # (DATA 1 may come again before the stop)
+        assert source == transfer
+        assert datagram == b"\x00\x05\x00\x00server shutting down\x00"
+        server.process.wait(timeout=10)
+    finally:
+        client.close()
+    for pid in (helper, download):
+        wait_for(lambda pid=pid: not running(pid))
+    assert [e["outcome"] for e in server.events()] == ["local-error"]
+
+
+def test_a_download_whose_process_dies_is_logged_and_frees_its_slot(
+    make_server: Callable[..., TFTPServer],
+) -> None:
+    server = make_server("--max-sessions", "1")
+    helper = helper_of(server)
+    assert helper is not None
+    client, _ = start_download(server.port)
+    try:
+        wait_for(lambda: len(children(helper)) == 1)
+        os.kill(children(helper)[0], signal.SIGKILL)
+        wait_for(server.events)
+        assert [e["outcome"] for e in server.events()] == ["aborted"]
+    finally:
+        client.close()
+    again, transfer = start_download(server.port)  # the one session slot is free again
+    try:
+        assert finish_download(again, transfer) == DATA
+    finally:
+        again.close()
+
+
+def test_without_its_helper_the_server_serves_downloads_itself(
+    make_server: Callable[..., TFTPServer],
+) -> None:
+    server = make_server()
+    helper = helper_of(server)
+    assert helper is not None
+    os.kill(helper, signal.SIGKILL)
+    wait_for(lambda: helper_of(server) is None or not children(helper))
+    for _ in range(2):
+        client, transfer = start_download(server.port)
+        try:
+            assert finish_download(client, transfer) == DATA
+        finally:
+            client.close()
+    assert server.log().count("the download helper is gone") == 1
