@@ -139,8 +139,8 @@ TFTP_SPEC = ServiceSpec(
         ),
         Flag(
             "one-process",
-            "Serve every download in this process (by default a download that starts while"
-            " another transfer runs gets a process of its own, as in tftpd-hpa).",
+            "Serve downloads in this process too (by default each download of a file runs"
+            " in a process of its own, as in tftpd-hpa).",
         ),
     ],
     build=build_tftp,

@@ -3,6 +3,7 @@ real server (``twistd netsvc-tftp``) handing downloads over, stopping and losing
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -105,10 +106,8 @@ def test_the_child_serves_the_file_to_the_end(
     pair: tuple[socket.socket, socket.socket], spinner: Spinner | None
 ) -> None:
     server, client = pair
-    source = iter([DATA[:512], DATA[512:1024], DATA[1024:], b""])
-    finished = in_thread(
-        lambda: drive_download(job(), server, lambda size: next(source), spinner=spinner)
-    )
+    read = io.BytesIO(DATA).read
+    finished = in_thread(lambda: drive_download(job(), server, read, spinner=spinner))
     received = b""
     for block in (1, 2, 3):
         datagram = client.recv(1024)
@@ -118,6 +117,34 @@ def test_the_child_serves_the_file_to_the_end(
     engine = finished()
     assert received == DATA
     assert engine.outcome is Outcome.COMPLETE and engine.stats.bytes == len(DATA)
+
+
+class CountingSpinner(Spinner):
+    def __init__(self) -> None:
+        super().__init__()
+        self.spins = 0
+
+    def spin(self, poll: Callable[[], object], most: float | None = None) -> object:
+        self.spins += 1
+        return super().spin(poll, most)
+
+
+@pytest.mark.parametrize("alone", [True, False])
+def test_the_child_polls_awake_only_while_the_server_has_nothing_else(
+    pair: tuple[socket.socket, socket.socket], alone: bool
+) -> None:
+    server, client = pair
+    spinner = CountingSpinner()
+    read = io.BytesIO(DATA).read
+    finished = in_thread(
+        lambda: drive_download(job(), server, read, spinner=spinner, alone=lambda: alone)
+    )
+    for block in (1, 2, 3):
+        while client.recv(1024)[:4] != struct.pack("!HH", 3, block):
+            pass  # a retransmission
+        client.send(struct.pack("!HH", 4, block))
+    assert finished().outcome is Outcome.COMPLETE
+    assert (spinner.spins >= 3) is alone and (spinner.spins == 0) is not alone
 
 
 def test_a_silent_client_is_retried_then_given_up(

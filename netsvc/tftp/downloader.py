@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import mmap
 import os
 import signal
 import socket
@@ -48,6 +49,9 @@ __all__ = [
 
 #: Descriptors that come with a job: client socket, file, report pipe.
 JOB_FDS = 3
+#: Bytes of the page the server shares with the helper and its children: byte 0 is the
+#: number of transfers the server runs (255: that many or more).
+BOARD_SIZE = 64
 #: Largest job or report message (both are one short JSON object).
 MESSAGE_LIMIT = 16384
 #: The ERROR message of a transfer stopped by the server's time limit (wherever it runs).
@@ -94,7 +98,7 @@ class DownloadJob:
     size: int  # bytes to send from the file (its size when the server opened it)
     netascii: bool
     max_duration: float | None  # seconds left of the server's time limit
-    spin: bool = False  # whether waits poll awake first (see drive_download)
+    spin: bool = False  # whether waits may poll awake first (see drive_download)
 
     def encode(self) -> bytes:
         fields = attrs.asdict(self)
@@ -155,16 +159,17 @@ def drive_download(
     read: Callable[[int], bytes],
     *,
     spinner: Spinner | None = None,
+    alone: Callable[[], bool] = lambda: True,
     clock: Callable[[], float] = time.monotonic,
 ) -> BlockSender:
     """Run a download to its end on ``peer_socket`` (connected to the client), blocking.
 
     ``read(n)`` is the file (synchronous); a read that fails ends the download with an
     ERROR to the client, as in the server's reactor. Only the client's datagrams reach a
-    connected socket. Each wait first polls awake for the ``spinner``'s budget (a fast
-    client's ACK is there within microseconds; a busy machine makes the spinner pause),
-    then sleeps in ``recv`` until the engine's deadline (``SO_RCVTIMEO``). SIGTERM (the
-    server stopping) ends it with ERROR 0. Returns the finished engine.
+    connected socket. While ``alone()`` says no other transfer runs, each wait first polls
+    awake for the ``spinner``'s budget (a fast client's ACK is there within microseconds);
+    then it sleeps in ``recv`` until the engine's deadline (``SO_RCVTIMEO``). SIGTERM
+    (the server stopping) ends it with ERROR 0. Returns the finished engine.
     """
     read_failure: list[tuple[int, str]] = []
 
@@ -212,13 +217,14 @@ def drive_download(
             if wake <= now:
                 engine.on_timeout(now)
                 continue
-            datagram = spinner.spin(poll, wake - now) if spinner is not None else None
+            datagram = None
+            if spinner is not None and alone():
+                datagram = spinner.spin(poll, wake - now)
             if datagram is None:
-                # Sleep for a power of two milliseconds, the largest that ends by the
-                # deadline (the loop waits again for the rest): the setting changes when
-                # the timer crosses a power of two, not at every block.
+                # Sleep until the deadline, in whole milliseconds (the kernel's unit):
+                # waking earlier and again costs more under load than one setsockopt
+                # when the timer has moved.
                 milliseconds = min(math.ceil((wake - now) * 1000), _LONGEST_WAIT_MS)
-                milliseconds = 1 << (milliseconds.bit_length() - 1)
                 if milliseconds != waiting_ms:
                     waiting_ms = milliseconds
                     seconds, rest = divmod(milliseconds, 1000)
@@ -237,17 +243,22 @@ def drive_download(
     return engine
 
 
-def run_job(job: DownloadJob, peer_fd: int, file_fd: int) -> DownloadReport:
+def run_job(job: DownloadJob, peer_fd: int, file_fd: int, board: mmap.mmap) -> DownloadReport:
     """The child's work: serve the file, say how it ended."""
     peer_socket = socket.socket(fileno=peer_fd)
     source = ReadAhead(FilesystemReader(file_fd, job.size), netascii=job.netascii)
     spinner = useful_spinner() if job.spin else None
-    engine = drive_download(job, peer_socket, source.read, spinner=spinner)
+    engine = drive_download(
+        job, peer_socket, source.read, spinner=spinner, alone=lambda: board[0] <= 1
+    )
     return DownloadReport(engine.outcome or Outcome.LOCAL_ERROR, engine.stats, os.getpid())
 
 
-def serve_jobs(control: socket.socket) -> None:
-    """The helper's loop: fork a child per job until the server closes ``control``."""
+def serve_jobs(control: socket.socket, board: mmap.mmap) -> None:
+    """The helper's loop: fork a child per job until the server closes ``control``.
+
+    ``board`` is the page the server shares (see :data:`BOARD_SIZE`).
+    """
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
     while True:
         try:
@@ -258,7 +269,7 @@ def serve_jobs(control: socket.socket) -> None:
             return  # the server is gone
         try:
             if len(fds) == JOB_FDS:
-                _fork_child(control, DownloadJob.decode(message), *fds)
+                _fork_child(control, board, DownloadJob.decode(message), *fds)
         except ValueError as error:
             print(f"netsvc.tftp.downloader: ignored a bad job: {error}", file=sys.stderr)
         except OSError as error:  # no fork: the report pipe closes empty, the server logs it
@@ -269,16 +280,22 @@ def serve_jobs(control: socket.socket) -> None:
 
 
 def _fork_child(
-    control: socket.socket, job: DownloadJob, peer_fd: int, file_fd: int, report_fd: int
+    control: socket.socket,
+    board: mmap.mmap,
+    job: DownloadJob,
+    peer_fd: int,
+    file_fd: int,
+    report_fd: int,
 ) -> None:
     if os.fork() != 0:
         return
     status = 1
     try:
         control.close()
+        gc.disable()  # short-lived, and a collection would copy the helper's pages
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, _stop)
-        report = run_job(job, peer_fd, file_fd)
+        report = run_job(job, peer_fd, file_fd, board)
         os.write(report_fd, report.encode())
         status = 0
     finally:
@@ -286,15 +303,21 @@ def _fork_child(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m netsvc.tftp.downloader FD``: serve jobs from the Unix socket ``FD``."""
+    """``python -m netsvc.tftp.downloader CONTROL_FD BOARD_FD``: serve jobs from the Unix
+    socket ``CONTROL_FD``, with the server's shared page ``BOARD_FD``."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or not args[0].isdigit():
-        sys.exit("usage: python -m netsvc.tftp.downloader FD  (started by the TFTP server)")
+    if len(args) != 2 or not all(arg.isdigit() for arg in args):
+        sys.exit(
+            "usage: python -m netsvc.tftp.downloader CONTROL_FD BOARD_FD"
+            "  (started by the TFTP server)"
+        )
     os.setpgid(0, 0)  # a group of its own, for its downloads too: the server stops it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
     gc.freeze()  # children would otherwise copy pages when a collection touches them
+    board = mmap.mmap(int(args[1]), BOARD_SIZE, access=mmap.ACCESS_READ)
+    os.close(int(args[1]))
     with socket.socket(fileno=int(args[0])) as control:
-        serve_jobs(control)
+        serve_jobs(control, board)
 
 
 if __name__ == "__main__":

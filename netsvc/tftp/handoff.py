@@ -6,11 +6,13 @@ its children. :class:`ReportPipe` reads one child's report when the child ends.
 
 from __future__ import annotations
 
+import mmap
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
@@ -19,7 +21,7 @@ from twisted.internet.main import CONNECTION_DONE
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from netsvc.tftp.downloader import MESSAGE_LIMIT, DownloadJob, DownloadReport
+from netsvc.tftp.downloader import BOARD_SIZE, MESSAGE_LIMIT, DownloadJob, DownloadReport
 
 __all__ = ["DownloadHelper", "ReportPipe", "can_hand_off"]
 
@@ -46,10 +48,13 @@ class DownloadHelper:
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        board_fd = _shared_page()
         try:
+            self._board = mmap.mmap(board_fd, BOARD_SIZE)
+            fds = [theirs.fileno(), board_fd]
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "netsvc.tftp.downloader", str(theirs.fileno())],
-                pass_fds=[theirs.fileno()],
+                [sys.executable, "-m", "netsvc.tftp.downloader", *map(str, fds)],
+                pass_fds=fds,
                 stdin=subprocess.DEVNULL,
             )
         except BaseException:
@@ -57,8 +62,15 @@ class DownloadHelper:
             raise
         finally:
             theirs.close()
+            os.close(board_fd)
         ours.setblocking(False)  # a full socket means "serve it here", never a wait
         self._control: socket.socket | None = ours
+
+    def publish_load(self, transfers: int) -> None:
+        """Tell the running downloads how many transfers the server has: they poll awake
+        for ACKs only while they are alone (with company, polling takes CPU the other
+        clients need)."""
+        self._board[0] = min(transfers, 255)
 
     @property
     def alive(self) -> bool:
@@ -155,3 +167,13 @@ class ReportPipe:
             os.close(fd)
         self._done(DownloadReport.decode(self._data))
 
+
+def _shared_page() -> int:
+    """A descriptor of ``BOARD_SIZE`` zeroed bytes that processes can map and share."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("netsvc-tftp-load", getattr(os, "MFD_CLOEXEC", 0))
+    else:  # pragma: no cover - not Linux
+        with tempfile.TemporaryFile() as file:
+            fd = os.dup(file.fileno())
+    os.ftruncate(fd, BOARD_SIZE)
+    return fd

@@ -141,9 +141,9 @@ class TFTPServer(DatagramProtocol):
         self.backend = backend
         self.policy = policy
         self.limits = limits
-        #: Whether a download of a regular file that starts while another transfer runs
-        #: gets a process of its own (:mod:`netsvc.tftp.downloader`), where the platform
-        #: allows. Takes effect with :meth:`start_helper`.
+        #: Whether each download of a regular file runs in a process of its own
+        #: (:mod:`netsvc.tftp.downloader`), where the platform allows. Takes effect with
+        #: :meth:`start_helper` (the service calls it when it starts).
         self.processes = processes and can_hand_off()
         self.helper: DownloadHelper | None = None
         #: Address transfer sockets bind to: the listener's, so replies come from the
@@ -197,6 +197,7 @@ class TFTPServer(DatagramProtocol):
         self.transfers[key] = transfer
         self.per_client[host] = self.per_client.get(host, 0) + 1
         self.active += 1
+        self._publish_load()
         transfer.start()
 
     def _refuse(self, addr: Any, code: int, message: str) -> None:
@@ -209,6 +210,7 @@ class TFTPServer(DatagramProtocol):
         if transfer.holds_slot:
             transfer.holds_slot = False
             self.active -= 1
+            self._publish_load()
             host = transfer.key[0]
             remaining = self.per_client.get(host, 1) - 1
             if remaining > 0:
@@ -222,11 +224,16 @@ class TFTPServer(DatagramProtocol):
         if self.transfers.get(transfer.key) is transfer:
             del self.transfers[transfer.key]
 
+    def _publish_load(self) -> None:
+        if self.helper is not None:
+            self.helper.publish_load(self.active)
+
     def start_helper(self) -> None:
         """Start the process that runs downloads in processes of their own (if enabled)."""
         if self.processes and self.helper is None:
             try:
                 self.helper = DownloadHelper()
+                self._publish_load()
             except OSError as error:
                 self.log.error(
                     "tftp: cannot start the download helper ({error}); serving every"
@@ -385,12 +392,12 @@ class Transfer(EngineSession):
         )
 
     def _hand_to_process(self, reader: Any, settings: SenderSettings, text: bool) -> bool:
-        """Run this download in a process of its own if the server is busy; whether it does.
+        """Run this download in a process of its own, if there is a helper; whether it does.
 
-        Alone, a download is fastest here (the reactor's transfer sockets wait awake for
-        the next packet); with company, a process per download saves every client's CPU.
         Only a regular file (a descriptor the child inherits, read synchronously) and a
-        socket connected to the client; anything else is served here.
+        socket connected to the client; anything else is served here. A download that
+        starts alone polls awake for its ACKs first, as the reactor's transfer sockets
+        do; with company, polling would take CPU from the other clients.
         """
         server, peer_socket = self.server, self._peer_socket
         helper = server.helper
@@ -405,9 +412,11 @@ class Transfer(EngineSession):
         max_duration = server.limits.max_duration
         if max_duration is not None:
             max_duration -= self.reactor.seconds() - self._started
+        # Poll awake (while alone) only where this server does: not with --no-spin.
+        sockets = getattr(self.port, "socket_set", None)
+        spin = sockets is not None and sockets.spinner is not None
         job = DownloadJob(
-            settings, size=reader.size, netascii=text, max_duration=max_duration,
-            spin=server.active == 1,
+            settings, size=reader.size, netascii=text, max_duration=max_duration, spin=spin
         )
         pipe = helper.hand_over(job, peer_socket, fd) if fd is not None else None
         if pipe is None:
