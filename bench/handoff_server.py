@@ -8,9 +8,10 @@ script does the same with the least Python per block: the listener forks per rea
 and the child serves the file in lock-step on a socket connected to the client.
 
 ``--loop bare``: the cheapest loop (pack a header, send, wait for the matching ACK).
-``--loop engine``: the child runs netsvc's own :class:`~netsvc.tftp.engine.BlockSender`
-instead (adaptive timer, retransmissions, rollover), driven by a blocking ``recv`` that times
-out at the engine's deadline.
+``--loop engine``: the child runs netsvc's own child loop instead
+(:func:`netsvc.tftp.downloader.drive_download`: the engine's adaptive timer,
+retransmissions and rollover, a blocking ``recv`` that times out at the engine's
+deadline), without netsvc's server around it.
 
 No guards of any kind (no path checks, limits, logging, windowsize, tsize or netascii;
 only the blksize option): never point it at anything but a benchmark's temp directory.
@@ -27,15 +28,13 @@ from __future__ import annotations
 import argparse
 import gc
 import io
-import math
 import os
 import signal
 import socket
 import struct
-import time
 from collections.abc import Callable
 
-from netsvc.tftp.engine import BlockSender, RetransmitTimer
+from netsvc.tftp.downloader import DownloadJob, SenderSettings, drive_download
 
 _ACK = b"\0\4"
 
@@ -81,37 +80,15 @@ def bare_loop(sock: socket.socket, data: bytes, blksize: int) -> None:
 
 
 def engine_loop(sock: socket.socket, data: bytes, blksize: int) -> None:
-    """netsvc's sender engine on the connected socket, as a transfer in a child would run."""
-    read = io.BytesIO(data).read
-
-    def send(datagram: bytes) -> None:
-        try:  # noqa: SIM105 (no context manager object per block)
-            sock.send(datagram)
-        except OSError:
-            pass
-
-    clock = time.monotonic
-    timer = RetransmitTimer(initial=1.0, minimum=0.005, maximum=2.0)
-    engine = BlockSender(send, read, now=clock(), blksize=blksize, timer=timer)
-    waiting_ms = 0
-    while engine.outcome is None:
-        now = clock()
-        deadline = engine.deadline if engine.deadline is not None else now + 1.0
-        if deadline <= now:
-            engine.on_timeout(now)
-            continue
-        milliseconds = math.ceil((deadline - now) * 1000)
-        if milliseconds != waiting_ms:
-            waiting_ms = milliseconds
-            seconds, rest = divmod(milliseconds, 1000)
-            sock.setsockopt(
-                socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", seconds, rest * 1000)
-            )
-        try:
-            datagram = sock.recv(1024)
-        except OSError:
-            continue
-        engine.on_datagram(datagram, clock())
+    """netsvc's own child loop (:func:`~netsvc.tftp.downloader.drive_download`: its engine
+    and timers), without the server around it. The OACK was sent already, so the engine
+    starts at block 1. Never polls awake, as netsvc's children do not with company."""
+    settings = SenderSettings(
+        blksize=blksize, windowsize=1, preamble=None, initial_rto=1.0, min_rto=0.005,
+        max_rto=2.0, give_up_after=30.0, first_contact_retries=4,
+    )
+    job = DownloadJob(settings, size=len(data), netascii=False, max_duration=None)
+    drive_download(job, sock, io.BytesIO(data).read)
 
 
 LOOPS = {"bare": bare_loop, "engine": engine_loop}
