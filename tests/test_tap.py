@@ -246,6 +246,21 @@ def test_tftp_plugin_options_reach_the_server(tmp_path: Any) -> None:
     assert server.backend.writable and server.backend.max_upload_size == 1000
 
 
+@pytest.mark.parametrize(("flags", "processes"), [([], True), (["--one-process"], False)])
+def test_tftp_downloads_get_processes_unless_one_process(
+    tmp_path: Any, flags: list[str], processes: bool
+) -> None:
+    from netsvc import tftp_tap
+    from netsvc.tftp.handoff import can_hand_off
+    from netsvc.tftp.server import TFTPServer
+
+    options = parse(tftp_tap.Options, "--root", str(tmp_path), *flags)
+    (udp,) = leaves(tftp_tap.makeService(options))
+    assert isinstance(udp.protocol, TFTPServer)
+    assert udp.protocol.processes is (processes and can_hand_off())
+    assert udp.protocol.helper is None  # started with the service, not before
+
+
 def test_tftp_no_spin_stops_the_transfer_sockets_waiting_awake(tmp_path: Any) -> None:
     from twisted.internet.epollreactor import EPollReactor
 
