@@ -261,6 +261,14 @@ def finish_download(client: socket.socket, transfer: tuple[str, int]) -> bytes:
             return received
 
 
+def download_whole(port: int) -> None:
+    client, transfer = start_download(port)
+    try:
+        assert finish_download(client, transfer) == DATA
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def make_server(tmp_path: Path) -> Iterator[Callable[..., TFTPServer]]:
     started: list[TFTPServer] = []
@@ -298,11 +306,7 @@ def test_a_download_runs_in_a_process_forked_by_the_helper(
 def test_one_process_means_no_helper(make_server: Callable[..., TFTPServer]) -> None:
     server = make_server("--one-process")
     assert helper_of(server) is None
-    client, transfer = start_download(server.port)
-    try:
-        assert finish_download(client, transfer) == DATA
-    finally:
-        client.close()
+    download_whole(server.port)
 
 
 def test_stopping_the_server_stops_its_downloads_and_tells_their_clients(
@@ -344,11 +348,7 @@ def test_a_download_whose_process_dies_is_logged_and_frees_its_slot(
         assert [e["outcome"] for e in server.events()] == ["aborted"]
     finally:
         client.close()
-    again, transfer = start_download(server.port)  # the one session slot is free again
-    try:
-        assert finish_download(again, transfer) == DATA
-    finally:
-        again.close()
+    download_whole(server.port)  # the one session slot is free again
 
 
 def test_without_its_helper_the_server_serves_downloads_itself(
@@ -360,9 +360,5 @@ def test_without_its_helper_the_server_serves_downloads_itself(
     os.kill(helper, signal.SIGKILL)
     wait_for(lambda: helper_of(server) is None or not children(helper))
     for _ in range(2):
-        client, transfer = start_download(server.port)
-        try:
-            assert finish_download(client, transfer) == DATA
-        finally:
-            client.close()
+        download_whole(server.port)
     assert server.log().count("the download helper is gone") == 1
