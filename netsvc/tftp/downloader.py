@@ -56,6 +56,8 @@ BOARD_SIZE = 64
 MESSAGE_LIMIT = 16384
 #: The ERROR message of a transfer stopped by the server's time limit (wherever it runs).
 TIME_LIMIT_MESSAGE = "transfer exceeded the server's time limit"
+#: The ERROR message of a transfer ended because the server stops (wherever it runs).
+SHUTDOWN_MESSAGE = "server shutting down"
 #: The longest single wait in ``recv`` (the loop re-checks its deadlines after it).
 _LONGEST_WAIT_MS = 60_000
 
@@ -239,7 +241,7 @@ def drive_download(
                     continue  # the wait ended (EAGAIN), or an ICMP error: the timers decide
             engine.on_datagram(datagram, clock())
     except _Stopped:
-        engine.abort(ErrorCode.NOT_DEFINED, "server shutting down", clock())
+        engine.abort(ErrorCode.NOT_DEFINED, SHUTDOWN_MESSAGE, clock())
     return engine
 
 

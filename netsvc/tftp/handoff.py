@@ -72,10 +72,6 @@ class DownloadHelper:
         clients need)."""
         self._board[0] = min(transfers, 255)
 
-    @property
-    def alive(self) -> bool:
-        return self._control is not None
-
     def hand_over(self, job: DownloadJob, peer_socket: socket.socket, file_fd: int) -> int | None:
         """Give a download to the helper; the read end of its report pipe, or ``None``
         when the helper cannot take it (the caller serves the download itself)."""

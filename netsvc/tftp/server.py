@@ -27,6 +27,7 @@ from netsvc.listening import ListenGroup, UDPListenService, add_child
 from netsvc.ratelimit import NEVER, PerKeyRateLimiter
 from netsvc.tftp.backend import BackendError, IBackend, RequestContext
 from netsvc.tftp.downloader import (
+    SHUTDOWN_MESSAGE,
     TIME_LIMIT_MESSAGE,
     DownloadJob,
     DownloadReport,
@@ -248,7 +249,7 @@ class TFTPServer(DatagramProtocol):
         they have all ended and been logged (they are killed after :data:`STOP_GRACE`).
         """
         for transfer in list(self.transfers.values()):
-            transfer.abort(ErrorCode.NOT_DEFINED, "server shutting down")
+            transfer.abort(ErrorCode.NOT_DEFINED, SHUTDOWN_MESSAGE)
         helper, self.helper = self.helper, None
         if helper is None:
             return None
@@ -395,30 +396,25 @@ class Transfer(EngineSession):
         """Run this download in a process of its own, if there is a helper; whether it does.
 
         Only a regular file (a descriptor the child inherits, read synchronously) and a
-        socket connected to the client; anything else is served here. A download that
-        starts alone polls awake for its ACKs first, as the reactor's transfer sockets
-        do; with company, polling would take CPU from the other clients.
+        socket connected to the client; anything else is served here. The child polls
+        awake for ACKs while no other transfer runs (``TFTPServer._publish_load``), where
+        this server's sockets do.
         """
         server, peer_socket = self.server, self._peer_socket
         helper = server.helper
-        if (
-            helper is None
-            or peer_socket is None
-            or not isinstance(reader, FilesystemReader)
-            or reader.size is None
-        ):
+        fd = reader.fileno() if isinstance(reader, FilesystemReader) else None
+        if helper is None or peer_socket is None or fd is None or reader.size is None:
             return False
-        fd = reader.fileno()
         max_duration = server.limits.max_duration
         if max_duration is not None:
             max_duration -= self.reactor.seconds() - self._started
-        # Poll awake (while alone) only where this server does: not with --no-spin.
+        # Not with --no-spin.
         sockets = getattr(self.port, "socket_set", None)
         spin = sockets is not None and sockets.spinner is not None
         job = DownloadJob(
             settings, size=reader.size, netascii=text, max_duration=max_duration, spin=spin
         )
-        pipe = helper.hand_over(job, peer_socket, fd) if fd is not None else None
+        pipe = helper.hand_over(job, peer_socket, fd)
         if pipe is None:
             return False
         self._report_pipe = ReportPipe(self.reactor, pipe, self._process_ended)
