@@ -78,6 +78,15 @@ class Spinner:
                 self.missed()
                 return None
 
+    def export_state(self) -> tuple[int, int, int]:
+        """Misses in a row, waits left to pause, next pause: for a loop that runs this
+        rule elsewhere (:mod:`netsvc.tftp.lockstep`) and hands it back with
+        :meth:`import_state`."""
+        return self._misses, self._pause, self._next_pause
+
+    def import_state(self, misses: int, pause: int, next_pause: int) -> None:
+        self._misses, self._pause, self._next_pause = misses, pause, next_pause
+
     def caught(self) -> None:
         """The datagram arrived while spinning."""
         self._misses = 0

@@ -219,6 +219,18 @@ class ReadAhead:
         self.sent += len(data)
         return data
 
+    def restart_at(self, position: int) -> None:
+        """Continue at byte ``position`` of an octet source: someone else sent the bytes
+        before it, reading them from the file itself (:mod:`netsvc.tftp.lockstep`)."""
+        if isinstance(self.reader, NetasciiReader):
+            raise ValueError("a netascii source cannot be repositioned")
+        if position != self.sent or self._offset != len(self._buffer):
+            self.reader.seek(position)
+            self.sent = position
+            self._buffer = b""
+            self._offset = 0
+            self._ended = False
+
 
 def run_transfer(
     channel: Channel,

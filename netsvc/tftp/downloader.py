@@ -34,8 +34,15 @@ from collections.abc import Callable
 import attrs
 
 from netsvc.spin import Spinner, useful_spinner
+from netsvc.tftp import lockstep
 from netsvc.tftp.blocking import ReadAhead
-from netsvc.tftp.engine import BlockSender, Outcome, RetransmitTimer, TransferStats
+from netsvc.tftp.engine import (
+    BlockSender,
+    LockstepPoint,
+    Outcome,
+    RetransmitTimer,
+    TransferStats,
+)
 from netsvc.tftp.files import BackendError, FilesystemReader
 from netsvc.tftp.packets import ErrorCode
 
@@ -147,6 +154,11 @@ class DownloadReport:
             return None
 
 
+#: Runs the lock-step steady state in place of :func:`drive_download`'s loop (see
+#: :mod:`netsvc.tftp.lockstep`): the datagram the engine must still see, or ``None``.
+SteadyState = Callable[[BlockSender, LockstepPoint, float], bytes | None]
+
+
 class _Stopped(BaseException):
     """Raised in a child by SIGTERM or SIGINT: the server is stopping."""
 
@@ -163,6 +175,7 @@ def drive_download(
     spinner: Spinner | None = None,
     alone: Callable[[], bool] = lambda: True,
     clock: Callable[[], float] = time.monotonic,
+    steady: SteadyState | None = None,
 ) -> BlockSender:
     """Run a download to its end on ``peer_socket`` (connected to the client), blocking.
 
@@ -171,7 +184,9 @@ def drive_download(
     connected socket. While ``alone()`` says no other transfer runs, each wait first polls
     awake for the ``spinner``'s budget (a fast client's ACK is there within microseconds);
     then it sleeps in ``recv`` until the engine's deadline (``SO_RCVTIMEO``). SIGTERM
-    (the server stopping) ends it with ERROR 0. Returns the finished engine.
+    (the server stopping) ends it with ERROR 0. ``steady``, when given, runs the
+    lock-step steady state instead of this loop (:mod:`netsvc.tftp.lockstep`). Returns
+    the finished engine.
     """
     read_failure: list[tuple[int, str]] = []
 
@@ -219,6 +234,14 @@ def drive_download(
             if wake <= now:
                 engine.on_timeout(now)
                 continue
+            if steady is not None:
+                point = engine.lockstep_point()
+                if point is not None:
+                    datagram = steady(engine, point, stop_at)
+                    waiting_ms = 0  # the socket's timeout is whatever the pump left
+                    if datagram is not None:
+                        engine.on_datagram(datagram, clock())
+                    continue
             datagram = None
             if spinner is not None and alone():
                 datagram = spinner.spin(poll, wake - now)
@@ -250,8 +273,28 @@ def run_job(job: DownloadJob, peer_fd: int, file_fd: int, board: mmap.mmap) -> D
     peer_socket = socket.socket(fileno=peer_fd)
     source = ReadAhead(FilesystemReader(file_fd, job.size), netascii=job.netascii)
     spinner = useful_spinner() if job.spin else None
+    steady = None
+    if lockstep.available and not job.netascii:
+
+        def steady(engine: BlockSender, point: LockstepPoint, stop_at: float) -> bytes | None:
+            return lockstep.pump(
+                engine,
+                point,
+                sock=peer_fd,
+                file=file_fd,
+                source=source,
+                spinner=spinner,
+                board=board,
+                stop_at=stop_at,
+            )[1]
+
     engine = drive_download(
-        job, peer_socket, source.read, spinner=spinner, alone=lambda: board[0] <= 1
+        job,
+        peer_socket,
+        source.read,
+        spinner=spinner,
+        alone=lambda: board[0] <= 1,
+        steady=steady,
     )
     return DownloadReport(engine.outcome or Outcome.LOCAL_ERROR, engine.stats, os.getpid())
 

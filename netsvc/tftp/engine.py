@@ -41,6 +41,7 @@ from netsvc.tftp.packets import ErrorCode
 __all__ = [
     "BlockReceiver",
     "BlockSender",
+    "LockstepPoint",
     "Outcome",
     "RetransmitTimer",
     "TransferStats",
@@ -251,6 +252,21 @@ class _Engine:
         self.abort(ErrorCode.ILLEGAL_OPERATION, reason, now)
 
 
+@attrs.define
+class LockstepPoint:
+    """A lock-step sender between two ACKs, in the steady state (see
+    :meth:`BlockSender.lockstep_point`): block ``block`` is in flight as ``in_flight``,
+    sent once at ``sent_at``; ``staged`` is the next block's datagram, a full one."""
+
+    block: int
+    in_flight: bytes
+    sent_at: float
+    staged: bytes | None
+    srtt: float | None
+    rttvar: float
+    rto: float
+
+
 class BlockSender(_Engine):
     """Sends a byte stream as DATA blocks and reacts to ACKs and timeouts.
 
@@ -457,6 +473,65 @@ class BlockSender(_Engine):
         self.send(datagram)
         self.deadline = now + self.timer.rto
         if self._last_block is None and not self._reading_stalled:
+            following = self._read_block(block + 1)
+            if following is not None:
+                self._staged.append(following)
+
+    def lockstep_point(self) -> LockstepPoint | None:
+        """Where a lock-step transfer stands, when it is in the steady state that a caller
+        may run itself (:mod:`netsvc.tftp.lockstep`): one data block in flight, sent
+        once, and the next one staged, full (not the last). ``None`` otherwise."""
+        if not (
+            self._lockstep
+            and self.outcome is None
+            and self._base >= 1
+            and len(self._window) == 1
+            and self._next == self._base + 1
+            and self._sent_at[0] >= 0
+            and len(self._staged) == 1
+            and len(self._staged[0]) == 4 + self.blksize
+            and self._last_block is None
+            and not self._reading_stalled
+        ):
+            return None
+        timer = self.timer
+        return LockstepPoint(
+            self._base,
+            self._window[0],
+            self._sent_at[0],
+            self._staged[0],
+            timer.srtt,
+            timer.rttvar,
+            timer.rto,
+        )
+
+    def lockstep_moved(self, point: LockstepPoint, acked: int, last_ack_at: float) -> None:
+        """The caller ran the steady state from :meth:`lockstep_point` itself: ``acked``
+        more blocks were acknowledged, each timed (the timer's new state is in ``point``),
+        the last at ``last_ack_at``, and ``point`` is where the transfer stands now. With
+        ``point.staged`` ``None`` the next block is read here, from where the caller's
+        reading stopped. Same effect as :meth:`on_ack` for each of those ACKs."""
+        if acked:
+            timer = self.timer
+            timer.srtt = point.srtt
+            timer.rttvar = point.rttvar
+            timer.rto = point.rto
+            timer.backoff = 1
+            self.stats.blocks += acked
+            self.stats.bytes += acked * self.blksize
+            self._retries = 0
+            self._last_progress = last_ack_at
+            self._peer_proven = True
+        block = point.block
+        self._base = block
+        self._next = block + 1
+        self._window[0] = point.in_flight
+        self._sent_at[0] = point.sent_at
+        self.deadline = point.sent_at + self.timer.rto
+        self._staged.clear()
+        if point.staged is not None:
+            self._staged.append(point.staged)
+        else:
             following = self._read_block(block + 1)
             if following is not None:
                 self._staged.append(following)

@@ -208,6 +208,16 @@ class FilesystemReader:
         self._remaining -= len(chunk)
         return chunk
 
+    def seek(self, position: int) -> None:
+        """Continue reading at byte ``position`` (someone else read the bytes before it)."""
+        fd = self._fd
+        if fd is not None and self.size is not None:
+            try:
+                os.lseek(fd, position, os.SEEK_SET)
+            except OSError as exc:
+                raise from_os_error(exc, writing=False) from None
+            self._remaining = self.size - position
+
     def fileno(self) -> int | None:
         """The file's descriptor while open (a download in a process of its own reads it)."""
         return self._fd

@@ -1,0 +1,448 @@
+/*
+ * The steady state of a lock-step TFTP download, in C: wait for the ACK of the block in
+ * flight, answer it with the next block, read the one after it; return to Python for
+ * anything else. Used by a download in a process of its own (netsvc/tftp/lockstep.py has
+ * the contract and the reasons; netsvc/tftp/downloader.py the loop around it).
+ *
+ * Why C: in CPython the engine's per-block work costs about as much CPU as the kernel's
+ * (recv, send, waking the client), and with 50 clients on two CPUs that CPU is the time.
+ *
+ * Everything here mirrors the Python code it stands in for, which stays the reference:
+ * RetransmitTimer.sample (netsvc/tftp/engine.py) for the timer, Spinner (netsvc/spin.py)
+ * for polling before sleeping, drive_download's wait for the socket timeout. Tests check
+ * that both give the same results.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Why pump() returned (netsvc.tftp.lockstep.Reason has the same values); run() also
+ * returns INTERRUPTED: a signal arrived, for Python's handlers to run. */
+enum { REASON_DATAGRAM = 0, REASON_WAKE = 1, REASON_READ = 2, INTERRUPTED = -1 };
+
+#define RECV_LIMIT 1024         /* as drive_download: an ACK is 4 bytes, ERRORs are short */
+#define LONGEST_WAIT_MS 60000   /* drive_download's _LONGEST_WAIT_MS */
+#define OPCODE_DATA 3
+#define OPCODE_ACK 4
+
+typedef struct {
+    /* in */
+    int sock, file, blksize;
+    long long size;
+    double rto_min, rto_max, stop_at, spin_limit;
+    long spin_misses_allowed, spin_longest_pause;
+    /* in and out */
+    long long block, position;
+    double sent_at, srtt, rttvar, rto;
+    int has_srtt;
+    long waiting_ms, spin_misses, spin_pause, spin_next_pause;
+    /* out */
+    long acked;
+    double last_ack_at;
+} Pump;
+
+static double monotonic_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* time.monotonic()'s clock */
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* RetransmitTimer.sample: RFC 6298 arithmetic, clamped to [rto_min, rto_max]. */
+static void timer_sample(Pump *p, double rtt)
+{
+    if (rtt < 0.0)
+        rtt = 0.0;
+    if (!p->has_srtt) {
+        p->srtt = rtt;
+        p->rttvar = rtt / 2;
+        p->has_srtt = 1;
+    } else {
+        double delta = p->srtt - rtt;
+        p->rttvar = 0.75 * p->rttvar + 0.25 * (delta >= 0.0 ? delta : -delta);
+        p->srtt = 0.875 * p->srtt + 0.125 * rtt;
+    }
+    double rto = p->srtt + 4 * p->rttvar;
+    if (rto < p->rto_min)
+        rto = p->rto_min;
+    if (rto > p->rto_max)
+        rto = p->rto_max;
+    p->rto = rto;
+}
+
+/* Spinner.budget: seconds this wait may poll (0 while pausing after misses). */
+static double spin_budget(Pump *p)
+{
+    if (p->spin_pause) {
+        p->spin_pause--;
+        return 0.0;
+    }
+    return p->spin_limit;
+}
+
+/* Spinner.caught and Spinner.missed. */
+static void spin_result(Pump *p, int caught)
+{
+    if (caught) {
+        p->spin_misses = 0;
+        p->spin_next_pause = 16;
+        return;
+    }
+    if (++p->spin_misses >= p->spin_misses_allowed) {
+        p->spin_misses = 0;
+        p->spin_pause = p->spin_next_pause;
+        p->spin_next_pause = p->spin_next_pause * 2 < p->spin_longest_pause
+                                 ? p->spin_next_pause * 2
+                                 : p->spin_longest_pause;
+    }
+}
+
+/* Poll without sleeping for up to `budget` seconds: the datagram's length, or -1. */
+static ssize_t spin_recv(Pump *p, char *buffer, double budget)
+{
+    double end = monotonic_now() + budget;
+    for (;;) {
+        ssize_t n = recv(p->sock, buffer, RECV_LIMIT, MSG_DONTWAIT);
+        if (n >= 0) {
+            spin_result(p, 1);
+            return n;
+        }
+        if (monotonic_now() >= end) {
+            spin_result(p, 0);
+            return -1;
+        }
+    }
+}
+
+/* Sleep in recv until `wake` (the socket's receive timeout, set only when it changes).
+ * The datagram's length; -1: woke without one; -2: a signal interrupted it. */
+static ssize_t sleep_recv(Pump *p, char *buffer, double wait)
+{
+    long ms = (long)ceil(wait * 1000);
+    if (ms > LONGEST_WAIT_MS)
+        ms = LONGEST_WAIT_MS;
+    if (ms < 1)
+        ms = 1;
+    if (ms != p->waiting_ms) {
+        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        if (setsockopt(p->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0)
+            p->waiting_ms = ms;
+    }
+    ssize_t n = recv(p->sock, buffer, RECV_LIMIT, 0);
+    if (n < 0 && errno == EINTR)
+        return -2;
+    return n < 0 ? -1 : n; /* EAGAIN (timed out) or an ICMP error: the timers decide */
+}
+
+/* Read the next full block into `datagram` (after its 4-byte header). 0: not possible
+ * here (the end is near, a short read, an error): Python reads it again and decides. */
+static int read_block(Pump *p, unsigned char *datagram, long long block)
+{
+    if (p->position + p->blksize > p->size)
+        return 0;
+    ssize_t n = pread(p->file, datagram + 4, (size_t)p->blksize, (off_t)p->position);
+    if (n != p->blksize)
+        return 0;
+    datagram[0] = 0;
+    datagram[1] = OPCODE_DATA;
+    datagram[2] = (unsigned char)((block >> 8) & 0xFF);
+    datagram[3] = (unsigned char)(block & 0xFF);
+    p->position += p->blksize;
+    return 1;
+}
+
+static int is_ack_of(const unsigned char *datagram, ssize_t length, long long block)
+{
+    return length >= 4 && datagram[0] == 0 && datagram[1] == OPCODE_ACK &&
+           ((datagram[2] << 8) | datagram[3]) == (block & 0xFFFF);
+}
+
+/* The loop, without the GIL. `flight` holds the block in flight, `staged` the next one;
+ * both 4+blksize. */
+static int run(Pump *p, const unsigned char *board, unsigned char **flight,
+               unsigned char **staged, int *have_staged, char *received, ssize_t *received_length)
+{
+    for (;;) {
+        double now = monotonic_now();
+        double deadline = p->sent_at + p->rto;
+        double wake = deadline < p->stop_at ? deadline : p->stop_at;
+        if (now >= wake)
+            return REASON_WAKE;
+        ssize_t n = -1;
+        /* Poll first only while the server runs no other transfer (drive_download). */
+        if (p->spin_limit > 0 && (board == NULL || board[0] <= 1)) {
+            double budget = spin_budget(p);
+            if (budget > wake - now)
+                budget = wake - now;
+            if (budget > 0)
+                n = spin_recv(p, received, budget);
+        }
+        if (n < 0) {
+            n = sleep_recv(p, received, wake - now);
+            if (n == -2)
+                return INTERRUPTED;
+            if (n < 0)
+                continue;
+        }
+        now = monotonic_now();
+        if (!is_ack_of((unsigned char *)received, n, p->block)) {
+            *received_length = n;
+            return REASON_DATAGRAM;
+        }
+        /* The ACK of the block in flight, which was sent once: time it (Karn's rule). */
+        timer_sample(p, now - p->sent_at);
+        p->acked++;
+        p->last_ack_at = now;
+        unsigned char *sent = *flight;
+        *flight = *staged;
+        *staged = sent;
+        p->block++;
+        p->sent_at = now;
+        /* ENOBUFS, ECONNREFUSED...: a lost packet; the timers recover (as drive_download). */
+        (void)send(p->sock, *flight, (size_t)p->blksize + 4, 0);
+        if (!read_block(p, *staged, p->block + 1)) {
+            *have_staged = 0;
+            return REASON_READ;
+        }
+    }
+}
+
+/* Attribute access on the state object (netsvc.tftp.lockstep.PumpState). */
+static int get_long_long(PyObject *o, const char *name, long long *out)
+{
+    PyObject *v = PyObject_GetAttrString(o, name);
+    if (v == NULL)
+        return -1;
+    *out = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int get_long(PyObject *o, const char *name, long *out)
+{
+    long long v;
+    if (get_long_long(o, name, &v) < 0)
+        return -1;
+    *out = (long)v;
+    return 0;
+}
+
+static int get_int(PyObject *o, const char *name, int *out)
+{
+    long long v;
+    if (get_long_long(o, name, &v) < 0)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static int get_double(PyObject *o, const char *name, double *out)
+{
+    PyObject *v = PyObject_GetAttrString(o, name);
+    if (v == NULL)
+        return -1;
+    *out = PyFloat_AsDouble(v);
+    Py_DECREF(v);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int set_new(PyObject *o, const char *name, PyObject *v)
+{
+    if (v == NULL)
+        return -1;
+    int result = PyObject_SetAttrString(o, name, v);
+    Py_DECREF(v);
+    return result;
+}
+
+static int load(PyObject *s, Pump *p)
+{
+    PyObject *srtt = PyObject_GetAttrString(s, "srtt");
+    if (srtt == NULL)
+        return -1;
+    p->has_srtt = srtt != Py_None;
+    p->srtt = p->has_srtt ? PyFloat_AsDouble(srtt) : 0.0;
+    Py_DECREF(srtt);
+    if (PyErr_Occurred())
+        return -1;
+    p->acked = 0;
+    p->last_ack_at = 0.0;
+    if (get_int(s, "sock", &p->sock) < 0 || get_int(s, "file", &p->file) < 0 ||
+        get_int(s, "blksize", &p->blksize) < 0 || get_long_long(s, "size", &p->size) < 0 ||
+        get_double(s, "rto_min", &p->rto_min) < 0 || get_double(s, "rto_max", &p->rto_max) < 0 ||
+        get_double(s, "stop_at", &p->stop_at) < 0 ||
+        get_double(s, "spin_limit", &p->spin_limit) < 0 ||
+        get_long(s, "spin_misses_allowed", &p->spin_misses_allowed) < 0 ||
+        get_long(s, "spin_longest_pause", &p->spin_longest_pause) < 0 ||
+        get_long_long(s, "block", &p->block) < 0 ||
+        get_long_long(s, "position", &p->position) < 0 ||
+        get_double(s, "sent_at", &p->sent_at) < 0 || get_double(s, "rttvar", &p->rttvar) < 0 ||
+        get_double(s, "rto", &p->rto) < 0 || get_long(s, "waiting_ms", &p->waiting_ms) < 0 ||
+        get_long(s, "spin_misses", &p->spin_misses) < 0 ||
+        get_long(s, "spin_pause", &p->spin_pause) < 0 ||
+        get_long(s, "spin_next_pause", &p->spin_next_pause) < 0)
+        return -1;
+    if (p->blksize < 8 || p->blksize > 65464) {
+        PyErr_Format(PyExc_ValueError, "blksize out of range: %d", p->blksize);
+        return -1;
+    }
+    return 0;
+}
+
+static int store(PyObject *s, const Pump *p, const unsigned char *flight,
+                 const unsigned char *staged, int have_staged)
+{
+    Py_ssize_t length = (Py_ssize_t)p->blksize + 4;
+    PyObject *staged_object = have_staged
+                                  ? PyBytes_FromStringAndSize((const char *)staged, length)
+                                  : Py_NewRef(Py_None);
+    PyObject *srtt = p->has_srtt ? PyFloat_FromDouble(p->srtt) : Py_NewRef(Py_None);
+    if (set_new(s, "block", PyLong_FromLongLong(p->block)) < 0 ||
+        set_new(s, "position", PyLong_FromLongLong(p->position)) < 0 ||
+        set_new(s, "sent_at", PyFloat_FromDouble(p->sent_at)) < 0 ||
+        set_new(s, "srtt", srtt) < 0 ||
+        set_new(s, "rttvar", PyFloat_FromDouble(p->rttvar)) < 0 ||
+        set_new(s, "rto", PyFloat_FromDouble(p->rto)) < 0 ||
+        set_new(s, "waiting_ms", PyLong_FromLong(p->waiting_ms)) < 0 ||
+        set_new(s, "spin_misses", PyLong_FromLong(p->spin_misses)) < 0 ||
+        set_new(s, "spin_pause", PyLong_FromLong(p->spin_pause)) < 0 ||
+        set_new(s, "spin_next_pause", PyLong_FromLong(p->spin_next_pause)) < 0 ||
+        set_new(s, "acked", PyLong_FromLong(p->acked)) < 0 ||
+        set_new(s, "last_ack_at", PyFloat_FromDouble(p->last_ack_at)) < 0 ||
+        set_new(s, "in_flight", PyBytes_FromStringAndSize((const char *)flight, length)) < 0 ||
+        set_new(s, "staged", staged_object) < 0)
+        return -1;
+    return 0;
+}
+
+/* Copy a Python bytes attribute of exactly `length` bytes into `buffer`. */
+static int load_datagram(PyObject *s, const char *name, unsigned char *buffer, Py_ssize_t length)
+{
+    PyObject *v = PyObject_GetAttrString(s, name);
+    if (v == NULL)
+        return -1;
+    if (!PyBytes_Check(v) || PyBytes_GET_SIZE(v) != length) {
+        PyErr_Format(PyExc_ValueError, "%s must be a full block's datagram", name);
+        Py_DECREF(v);
+        return -1;
+    }
+    memcpy(buffer, PyBytes_AS_STRING(v), (size_t)length);
+    Py_DECREF(v);
+    return 0;
+}
+
+PyDoc_STRVAR(pump_doc,
+             "pump(state, board) -> (reason, datagram or None)\n\n"
+             "Run the lock-step steady state from `state` (a PumpState, updated in place);\n"
+             "`board` is the server's shared page or None. See netsvc.tftp.lockstep.");
+
+static PyObject *pump(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *state, *board_object;
+    if (!PyArg_ParseTuple(args, "OO:pump", &state, &board_object))
+        return NULL;
+    Pump p;
+    if (load(state, &p) < 0)
+        return NULL;
+    Py_buffer board = {0};
+    int have_board = board_object != Py_None;
+    if (have_board && PyObject_GetBuffer(board_object, &board, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (have_board && board.len < 1) {
+        PyBuffer_Release(&board);
+        PyErr_SetString(PyExc_ValueError, "board is empty");
+        return NULL;
+    }
+    Py_ssize_t length = (Py_ssize_t)p.blksize + 4;
+    unsigned char *buffers = malloc(2 * (size_t)length);
+    char received[RECV_LIMIT];
+    if (buffers == NULL) {
+        if (have_board)
+            PyBuffer_Release(&board);
+        return PyErr_NoMemory();
+    }
+    unsigned char *flight = buffers, *staged = buffers + length;
+    PyObject *result = NULL;
+    if (load_datagram(state, "in_flight", flight, length) == 0 &&
+        load_datagram(state, "staged", staged, length) == 0) {
+        int have_staged = 1;
+        ssize_t received_length = 0;
+        int reason;
+        for (;;) {
+            Py_BEGIN_ALLOW_THREADS
+            reason = run(&p, have_board ? (const unsigned char *)board.buf : NULL, &flight,
+                         &staged, &have_staged, received, &received_length);
+            Py_END_ALLOW_THREADS
+            /* A handler that raises (SIGTERM: the server stops) ends the pump. */
+            if (reason != INTERRUPTED || PyErr_CheckSignals() < 0)
+                break;
+        }
+        /* Store even when a signal handler raised: the engine must learn what was sent. */
+        PyObject *error_type, *error_value, *error_traceback;
+        PyErr_Fetch(&error_type, &error_value, &error_traceback);
+        int stored = store(state, &p, flight, staged, have_staged);
+        if (error_type != NULL) {
+            if (stored == 0)
+                PyErr_Restore(error_type, error_value, error_traceback);
+            else {
+                Py_XDECREF(error_type);
+                Py_XDECREF(error_value);
+                Py_XDECREF(error_traceback);
+            }
+        } else if (stored == 0) {
+            if (reason == REASON_DATAGRAM)
+                result = Py_BuildValue("(iy#)", reason, received, received_length);
+            else
+                result = Py_BuildValue("(iO)", reason, Py_None);
+        }
+    }
+    free(buffers);
+    if (have_board)
+        PyBuffer_Release(&board);
+    return result;
+}
+
+PyDoc_STRVAR(sample_doc,
+             "timer_sample(srtt, rttvar, rtt, minimum, maximum) -> (srtt, rttvar, rto)\n\n"
+             "The timer arithmetic pump() uses, for tests against RetransmitTimer.sample.");
+
+static PyObject *timer_sample_py(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *srtt;
+    Pump p;
+    double rtt;
+    if (!PyArg_ParseTuple(args, "Odddd:timer_sample", &srtt, &p.rttvar, &rtt, &p.rto_min,
+                          &p.rto_max))
+        return NULL;
+    p.has_srtt = srtt != Py_None;
+    p.srtt = p.has_srtt ? PyFloat_AsDouble(srtt) : 0.0;
+    if (PyErr_Occurred())
+        return NULL;
+    timer_sample(&p, rtt);
+    return Py_BuildValue("(ddd)", p.srtt, p.rttvar, p.rto);
+}
+
+static PyMethodDef methods[] = {
+    {"pump", pump, METH_VARARGS, pump_doc},
+    {"timer_sample", timer_sample_py, METH_VARARGS, sample_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_definition = {
+    PyModuleDef_HEAD_INIT, "netsvc.tftp._lockstep",
+    "The lock-step steady state of a TFTP download, in C (see netsvc.tftp.lockstep).", -1,
+    methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__lockstep(void) { return PyModule_Create(&module_definition); }

@@ -1,0 +1,323 @@
+"""The lock-step steady state in C (netsvc.tftp.lockstep): the same results as the Python
+engine alone, for every way a transfer can leave the steady state."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import random
+import shutil
+import signal
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from netsvc.tftp import downloader, lockstep
+from netsvc.tftp.downloader import (
+    BOARD_SIZE,
+    SHUTDOWN_MESSAGE,
+    DownloadJob,
+    DownloadReport,
+    SenderSettings,
+    run_job,
+)
+from netsvc.tftp.engine import Outcome, RetransmitTimer
+from tests.interop_support import HOST
+
+# pip install builds the C module wherever there is a C compiler: only without one may
+# these tests skip (downloads then run in Python alone, which the other tests cover).
+pytestmark = pytest.mark.skipif(
+    not lockstep.available and shutil.which("cc") is None,
+    reason="no C compiler: netsvc.tftp._lockstep is not built here",
+)
+
+
+def test_the_c_module_is_built() -> None:
+    assert lockstep.available, "reinstall: pip install -e '.[dev]' builds netsvc.tftp._lockstep"
+
+
+def test_the_timer_arithmetic_is_the_python_timers() -> None:
+    randomness = random.Random(7)
+    for _ in range(200):
+        timer = RetransmitTimer(1.0, 0.005, randomness.choice([0.05, 2.0, 255.0]))
+        srtt: float | None = None
+        rttvar = 0.0
+        for _ in range(30):
+            rtt = randomness.choice([0.0, -1e-4, 1e-5, 3e-4, 0.02, 1.5, 400.0])
+            timer.sample(rtt)
+            srtt, rttvar, rto = c_sample(srtt, rttvar, rtt, timer.minimum, timer.maximum)
+            assert (srtt, rttvar, rto) == (timer.srtt, timer.rttvar, timer.rto)
+
+
+def c_sample(
+    srtt: float | None, rttvar: float, rtt: float, minimum: float, maximum: float
+) -> tuple[float, float, float]:
+    assert lockstep._lockstep is not None
+    return lockstep._lockstep.timer_sample(srtt, rttvar, rtt, minimum, maximum)
+
+
+# -- whole downloads through run_job, with and without the C loop ------------------------------
+
+
+@attrs.define
+class Client:
+    """A lock-step client on a connected socket; ``misbehave(block, copy)`` may send
+    something of its own for the ``copy``-th arrival of ``block`` and say whether to
+    acknowledge it as usual."""
+
+    sock: socket.socket
+    blksize: int
+    misbehave: Callable[[socket.socket, int, int], bool] | None = None
+    received: bytearray = attrs.Factory(bytearray)
+    arrivals: list[int] = attrs.Factory(list)  # wire block numbers, duplicates included
+
+    def run(self) -> None:
+        expected = 1
+        copies: dict[int, int] = {}
+        while True:
+            try:
+                datagram = self.sock.recv(65536)
+            except OSError:
+                return  # the test is over (timeout or closed)
+            opcode, wire = struct.unpack_from("!HH", datagram)
+            if opcode == 6:  # OACK
+                self.sock.send(struct.pack("!HH", 4, 0))
+                continue
+            if opcode != 3:
+                return  # ERROR: the server ended it
+            self.arrivals.append(wire)
+            new = wire == expected & 0xFFFF
+            number = expected if new else expected - 1
+            copies[number] = copies.get(number, 0) + 1
+            if self.misbehave and not self.misbehave(self.sock, number, copies[number]):
+                continue
+            if new:
+                self.received += datagram[4:]
+                expected += 1
+            self.sock.send(struct.pack("!HH", 4, (expected - 1) & 0xFFFF))
+            if new and len(datagram) - 4 < self.blksize:
+                return  # the last block (a real client would dally here)
+
+
+@attrs.define
+class Result:
+    report: DownloadReport
+    client: Client
+    pumped: list[tuple[lockstep.Reason, int]]  # (why the C loop returned, blocks it acked)
+
+
+@pytest.fixture
+def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Result]]:
+    sockets: list[socket.socket] = []
+
+    def serve(
+        data: bytes,
+        *,
+        blksize: int = 512,
+        pump: bool = True,
+        size: int | None = None,
+        misbehave: Callable[[socket.socket, int, int], bool] | None = None,
+        alone: bool = False,
+        spin: bool = False,
+        preamble: bytes | None = None,
+    ) -> Result:
+        path = tmp_path / "file"
+        path.write_bytes(data)
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sockets.extend((server, client))
+        server.bind((HOST, 0))
+        client.bind((HOST, 0))
+        server.connect(client.getsockname())
+        client.connect(server.getsockname())
+        client.settimeout(5)
+        pumped: list[tuple[lockstep.Reason, int]] = []
+        real_pump = lockstep.pump
+
+        def counting_pump(engine: Any, *args: Any, **kwargs: Any) -> Any:
+            before = engine.stats.blocks
+            reason, datagram = real_pump(engine, *args, **kwargs)
+            pumped.append((reason, engine.stats.blocks - before))
+            return reason, datagram
+
+        monkeypatch.setattr(lockstep, "pump", counting_pump)
+        monkeypatch.setattr(lockstep, "available", pump)
+        job = DownloadJob(
+            SenderSettings(
+                blksize=blksize, windowsize=1, preamble=preamble, initial_rto=0.05,
+                min_rto=0.01, max_rto=0.05, give_up_after=5.0, first_contact_retries=4,
+            ),
+            size=len(data) if size is None else size,
+            netascii=False,
+            max_duration=None,
+            spin=spin,
+        )
+        board = mmap.mmap(-1, BOARD_SIZE)
+        board[0] = 1 if alone else 2
+        peer = Client(client, blksize, misbehave)
+        thread = threading.Thread(target=peer.run, daemon=True)
+        thread.start()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            report = run_job(job, os.dup(server.fileno()), fd, board)
+        finally:
+            os.close(fd)
+        thread.join(10)
+        assert not thread.is_alive(), "the client did not finish"
+        return Result(report, peer, pumped)
+
+    yield serve
+    for sock in sockets:
+        sock.close()
+
+
+def payload(size: int) -> bytes:
+    return random.Random(size).randbytes(size)
+
+
+@pytest.mark.parametrize(
+    ("size", "blksize"),
+    [(0, 512), (1, 512), (511, 512), (512, 512), (5 * 512, 512), (100_000, 512),
+     (100_003, 1468), (70_000, 65464), (3 * 65464, 65464)],
+)
+def test_downloads_are_the_same_with_and_without_the_c_loop(
+    serve: Callable[..., Result], size: int, blksize: int
+) -> None:
+    data = payload(size)
+    with_c = serve(data, blksize=blksize)
+    python = serve(data, blksize=blksize, pump=False)
+    for result in (with_c, python):
+        assert bytes(result.client.received) == data
+        assert result.report.outcome is Outcome.COMPLETE
+        assert result.report.stats.bytes == size
+        assert result.report.stats.blocks == size // blksize + 1
+        assert result.report.stats.retransmits == 0
+    assert with_c.client.arrivals == python.client.arrivals
+    assert python.pumped == []
+    blocks_in_c = sum(acked for _, acked in with_c.pumped)
+    # The C loop runs from block 1 until the next block is not a full one.
+    assert blocks_in_c == max(0, size // blksize - 1)
+
+
+def test_block_numbers_roll_over_in_the_c_loop(serve: Callable[..., Result]) -> None:
+    data = payload(66_000 * 8 + 3)
+    result = serve(data, blksize=8)
+    assert bytes(result.client.received) == data
+    arrivals = result.client.arrivals
+    assert arrivals[65534:65538] == [65535, 0, 1, 2]
+    assert sum(acked for _, acked in result.pumped) > 65536
+
+
+def test_after_an_oack_the_c_loop_takes_over_from_block_1(
+    serve: Callable[..., Result],
+) -> None:
+    data = payload(40 * 512)
+    result = serve(data, preamble=b"\x00\x06blksize\x00512\x00")
+    assert bytes(result.client.received) == data
+    assert result.report.outcome is Outcome.COMPLETE
+    assert result.report.stats.blocks == 41
+    assert sum(acked for _, acked in result.pumped) == 39
+
+
+def test_a_duplicate_ack_sends_nothing_again(serve: Callable[..., Result]) -> None:
+    data = payload(30 * 512)
+
+    def repeat_ack(sock: socket.socket, block: int, copy: int) -> bool:
+        if block == 10 and copy == 1:
+            sock.send(struct.pack("!HH", 4, 9))  # an old ACK, arriving late
+        return True
+
+    result = serve(data, misbehave=repeat_ack)
+    assert bytes(result.client.received) == data
+    assert result.report.stats.retransmits == 0
+    assert result.client.arrivals == list(range(1, 32))  # every block exactly once
+    assert any(reason is lockstep.Reason.DATAGRAM for reason, _ in result.pumped)
+
+
+def test_a_lost_ack_is_recovered_by_the_engines_timer(serve: Callable[..., Result]) -> None:
+    data = payload(30 * 512)
+
+    def lose_ack(sock: socket.socket, block: int, copy: int) -> bool:
+        return not (block == 12 and copy == 1)  # the first ACK of block 12 is lost
+
+    result = serve(data, misbehave=lose_ack)
+    assert bytes(result.client.received) == data
+    assert result.report.outcome is Outcome.COMPLETE
+    assert result.report.stats.retransmits >= 1 and result.report.stats.timeouts >= 1
+    assert any(reason is lockstep.Reason.WAKE for reason, _ in result.pumped)
+    # After the retransmission the C loop takes over again.
+    assert sum(acked for _, acked in result.pumped) > 20
+
+
+def test_an_error_from_the_client_ends_it_with_the_blocks_acked_so_far(
+    serve: Callable[..., Result],
+) -> None:
+    data = payload(30 * 512)
+
+    def give_up(sock: socket.socket, block: int, copy: int) -> bool:
+        if block == 15:
+            sock.send(struct.pack("!HH", 5, 3) + b"disk full\x00")
+            sock.settimeout(0.2)  # nothing more is coming
+            return False
+        return True
+
+    result = serve(data, misbehave=give_up)
+    assert result.report.outcome is Outcome.PEER_ERROR
+    assert result.report.stats.error_code == 3
+    assert result.report.stats.error_message == "disk full"
+    assert result.report.stats.blocks == 14 and result.report.stats.bytes == 14 * 512
+
+
+def test_a_file_shorter_than_announced_ends_with_what_is_there(
+    serve: Callable[..., Result],
+) -> None:
+    data = payload(10 * 512 + 100)
+    with_c = serve(data, size=40 * 512)  # the file shrank after the server opened it
+    python = serve(data, size=40 * 512, pump=False)
+    for result in (with_c, python):
+        assert bytes(result.client.received) == data
+        assert result.report.outcome is Outcome.COMPLETE
+    assert any(reason is lockstep.Reason.READ for reason, _ in with_c.pumped)
+
+
+@pytest.mark.parametrize("alone", [True, False], ids=["alone-spinning", "busy-sleeping"])
+def test_polling_or_not_the_bytes_are_the_same(
+    serve: Callable[..., Result], alone: bool
+) -> None:
+    data = payload(200 * 512)
+    result = serve(data, alone=alone, spin=True)
+    assert bytes(result.client.received) == data
+    assert result.report.stats.retransmits == 0
+
+
+def test_sigterm_in_the_c_loop_ends_the_download_with_an_error(
+    serve: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = payload(100 * 512)
+    stopped = threading.Event()
+
+    def stall(sock: socket.socket, block: int, copy: int) -> bool:
+        if block == 40:
+            # Hold the ACK; the server's child is stopped while it waits in C.
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
+            stopped.set()
+            sock.settimeout(1)
+            return False
+        return True
+
+    previous = signal.signal(signal.SIGTERM, downloader._stop)
+    try:
+        result = serve(data, misbehave=stall)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stopped.is_set()
+    assert result.report.outcome is Outcome.LOCAL_ERROR
+    assert result.report.stats.error_message == SHUTDOWN_MESSAGE
+    # Blocks 1..39 were acknowledged, in C; the engine knows it.
+    assert result.report.stats.blocks == 39 and result.report.stats.bytes == 39 * 512
