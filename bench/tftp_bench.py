@@ -153,6 +153,7 @@ START_TIMEOUT = 20.0  # seconds for a server to bind and answer the probe
 STOP_TIMEOUT = 3.0  # seconds after SIGTERM (then after SIGKILL)
 PROBE_TIMEOUT = 10.0  # the untimed option probe of a client (atftp --trace)
 SETTLE = 0.2  # seconds for per-transfer workers to end before reading the server's CPU
+IDLE_QUIET = 0.1  # a started server is ready once it used no CPU for this long
 CONNECT_TIMEOUT = 5  # curl --connect-timeout
 
 
@@ -651,6 +652,25 @@ class ServerProcess:
         problem = tftp_probe(self.port, probe, max(1.0, deadline - time.monotonic()))
         if problem:
             raise BenchError(f"bound port {self.port} but {problem}{self.tail()}")
+        self._wait_idle(deadline)
+
+    def _wait_idle(self, deadline: float) -> None:
+        """Wait until the server has finished starting: its processes (helpers and
+        pre-started workers included) stay below a tick of CPU for :data:`IDLE_QUIET`
+        seconds. A measurement must not pay for a server's start-up; a start that
+        takes long is logged."""
+        started = time.monotonic()
+        before = sum(group_cpu(self.proc.pid).values())
+        while time.monotonic() < deadline:
+            time.sleep(IDLE_QUIET)
+            now = sum(group_cpu(self.proc.pid).values())
+            if now - before < 1.5 / CLK_TCK:  # at most a tick of noise
+                waited = time.monotonic() - started
+                if waited > 2 * IDLE_QUIET:
+                    log(f"  ({self.spec.name} busy starting for {waited:.2f}s before it went idle)")
+                return
+            before = now
+        log(f"  ({self.spec.name} never went idle after its start: measured anyway)")
 
     def tail(self, limit: int = 400) -> str:
         self.log_file.flush()

@@ -22,7 +22,7 @@ from netsvc.tapkit import (
 )
 from netsvc.tftp.backend import FilesystemBackend
 from netsvc.tftp.options import ServerOptionPolicy
-from netsvc.tftp.server import TFTP_PORT, TFTPServerLimits, tftp_service
+from netsvc.tftp.server import SPARE_WORKERS, TFTP_PORT, TFTPServerLimits, tftp_service
 from netsvc.udpport import socket_set_for
 
 _LIMITS = TFTPServerLimits()
@@ -74,7 +74,7 @@ def build_tftp(values: Values, reactor: Any) -> IService:
             sockets.spinner = None
     return tftp_service(
         reactor, backend, port=values["port"], interface=values["interface"], policy=policy,
-        limits=limits, processes=processes,
+        limits=limits, processes=processes, spare_workers=values["spare-workers"],
     )
 
 
@@ -125,6 +125,11 @@ TFTP_SPEC = ServiceSpec(
         Param(
             "port-range", None, "Ports for transfers, e.g. 50000-50999 (default: any).",
             port_range,
+        ),
+        Param(
+            "spare-workers", SPARE_WORKERS,
+            "Download processes kept ready and warm (more start when more downloads run"
+            " at once; each takes about 2 MB).", non_negative_int,
         ),
     ],
     flags=[

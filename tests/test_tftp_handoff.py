@@ -219,7 +219,7 @@ def helper_of(server: TFTPServer) -> int | None:
     for pid in children(server.process.pid):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                if b"netsvc.tftp.downloader" in cmdline.read():
+                if b"netsvc.tftp.workers" in cmdline.read():
                     return pid
         except OSError:
             continue
@@ -286,21 +286,57 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., TFTPServer]]:
         server.stop()
 
 
-def test_a_download_runs_in_a_process_forked_by_the_helper(
+def test_a_download_runs_in_a_worker_of_the_helper_which_serves_the_next_one_too(
     make_server: Callable[..., TFTPServer],
 ) -> None:
-    server = make_server()
+    server = make_server("--spare-workers", "0")
     helper = helper_of(server)
     assert helper is not None
+    assert children(helper) == []  # no spare workers: the first download starts one
     client, transfer = start_download(server.port)
     try:
-        wait_for(lambda: len(children(helper)) == 1)  # the download's own process
+        wait_for(lambda: len(children(helper)) == 1)
+        (worker,) = children(helper)
         assert finish_download(client, transfer) == DATA
     finally:
         client.close()
-    wait_for(lambda: children(helper) == [])
+    download_whole(server.port)
+    wait_for(lambda: len(server.events()) == 2)
+    events = server.events()
+    assert [(e["outcome"], int(e["bytes"])) for e in events] == [("complete", len(DATA))] * 2
+    assert children(helper) == [worker]  # reused: no second worker was forked
+
+
+def test_spare_workers_are_ready_before_the_first_client(
+    make_server: Callable[..., TFTPServer],
+) -> None:
+    server = make_server("--spare-workers", "3")
+    helper = helper_of(server)
+    assert helper is not None
+    wait_for(lambda: len(children(helper)) == 3)
+    spares = set(children(helper))
+    download_whole(server.port)
     wait_for(server.events)
-    assert [(e["outcome"], int(e["bytes"])) for e in server.events()] == [("complete", len(DATA))]
+    assert set(children(helper)) == spares  # a spare served it: none was forked
+
+
+def test_downloads_at_once_get_workers_of_their_own(
+    make_server: Callable[..., TFTPServer],
+) -> None:
+    server = make_server("--spare-workers", "0")
+    helper = helper_of(server)
+    assert helper is not None
+    first, first_transfer = start_download(server.port)
+    second, second_transfer = start_download(server.port)
+    try:
+        wait_for(lambda: len(children(helper)) == 2)
+        assert finish_download(second, second_transfer) == DATA
+        assert finish_download(first, first_transfer) == DATA
+    finally:
+        first.close()
+        second.close()
+    wait_for(lambda: len(server.events()) == 2)
+    assert [e["outcome"] for e in server.events()] == ["complete", "complete"]
 
 
 def test_one_process_means_no_helper(make_server: Callable[..., TFTPServer]) -> None:
@@ -312,13 +348,13 @@ def test_one_process_means_no_helper(make_server: Callable[..., TFTPServer]) -> 
 def test_stopping_the_server_stops_its_downloads_and_tells_their_clients(
     make_server: Callable[..., TFTPServer],
 ) -> None:
-    server = make_server()
+    server = make_server("--spare-workers", "2")
     helper = helper_of(server)
     assert helper is not None and server.process is not None
+    wait_for(lambda: len(children(helper)) == 2)
     client, transfer = start_download(server.port)
     try:
-        wait_for(lambda: len(children(helper)) == 1)
-        (download,) = children(helper)
+        workers = children(helper)  # the spares (one has the download) or a third for it
         server.process.send_signal(signal.SIGTERM)  # as twistd is stopped, not the group
         while True:
             datagram, source = client.recvfrom(1024)
@@ -329,7 +365,7 @@ def test_stopping_the_server_stops_its_downloads_and_tells_their_clients(
         server.process.wait(timeout=10)
     finally:
         client.close()
-    for pid in (helper, download):
+    for pid in (helper, *workers):  # the one in the download and the idle ones
         wait_for(lambda pid=pid: not running(pid))
     assert [e["outcome"] for e in server.events()] == ["local-error"]
 
@@ -337,7 +373,7 @@ def test_stopping_the_server_stops_its_downloads_and_tells_their_clients(
 def test_a_download_whose_process_dies_is_logged_and_frees_its_slot(
     make_server: Callable[..., TFTPServer],
 ) -> None:
-    server = make_server("--max-sessions", "1")
+    server = make_server("--max-sessions", "1", "--spare-workers", "0")
     helper = helper_of(server)
     assert helper is not None
     client, _ = start_download(server.port)
@@ -354,11 +390,14 @@ def test_a_download_whose_process_dies_is_logged_and_frees_its_slot(
 def test_without_its_helper_the_server_serves_downloads_itself(
     make_server: Callable[..., TFTPServer],
 ) -> None:
-    server = make_server()
+    server = make_server("--spare-workers", "2")
     helper = helper_of(server)
     assert helper is not None
+    wait_for(lambda: len(children(helper)) == 2)
+    workers = children(helper)
     os.kill(helper, signal.SIGKILL)
-    wait_for(lambda: helper_of(server) is None or not children(helper))
+    for pid in workers:  # idle workers without their helper exit: no orphans
+        wait_for(lambda pid=pid: not running(pid))
     for _ in range(2):
         download_whole(server.port)
     assert server.log().count("the download helper is gone") == 1

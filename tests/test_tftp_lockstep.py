@@ -311,7 +311,7 @@ def test_sigterm_in_the_c_loop_ends_the_download_with_an_error(
             return False
         return True
 
-    previous = signal.signal(signal.SIGTERM, downloader._stop)
+    previous = signal.signal(signal.SIGTERM, downloader.stop_download)
     try:
         result = serve(data, misbehave=stall)
     finally:

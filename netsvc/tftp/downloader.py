@@ -1,4 +1,4 @@
-"""Downloads in processes of their own: the helper program and what runs in its children.
+"""Downloads in processes of their own: what the server sends, what runs there, what comes back.
 
 Why: one process serving many lock-step downloads makes every client sleep and be woken
 again for each block, and the clients' CPU adds up to more than the server's. A download
@@ -6,28 +6,24 @@ in a process of its own sleeps in ``recv`` on its own socket: the client's ACK w
 exactly that process, on the client's CPU, which answers before the client has gone to
 sleep (tftpd-hpa's architecture). Figures: docs/benchmarks.rst.
 
-The server (:mod:`netsvc.tftp.handoff`) starts this module once as a small helper process
-(``python -m netsvc.tftp.downloader FD``: no Twisted, a few MB), so that a fork per
-download is cheap: forking the server itself costs about 12 ms of CPU per download
-(page tables and copy-on-write faults of a large process). For each download the server
-sends a :class:`DownloadJob` with three descriptors: the socket connected to the client,
-the open file, and the write end of a pipe. The helper forks; the child runs the engine
-(:func:`drive_download`), writes a :class:`DownloadReport` to the pipe and exits.
+The server (:mod:`netsvc.tftp.handoff`) starts a small helper program without Twisted
+(:mod:`netsvc.tftp.workers`) that keeps a pool of worker processes. For each download the
+server sends a :class:`DownloadJob` with three descriptors: the socket connected to the
+client, the open file, and the write end of a pipe. A worker runs the engine
+(:func:`run_job`, :func:`drive_download`), writes a :class:`DownloadReport` to the pipe and
+takes the next job.
 
 Nothing here imports Twisted.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import mmap
 import os
-import signal
 import socket
 import struct
-import sys
 import time
 from collections.abc import Callable
 
@@ -51,11 +47,8 @@ __all__ = [
     "DownloadReport",
     "SenderSettings",
     "drive_download",
-    "serve_jobs",
 ]
 
-#: Descriptors that come with a job: client socket, file, report pipe.
-JOB_FDS = 3
 #: Bytes of the page the server shares with the helper and its children: byte 0 is the
 #: number of transfers the server runs (255: that many or more).
 BOARD_SIZE = 64
@@ -163,7 +156,9 @@ class _Stopped(BaseException):
     """Raised in a child by SIGTERM or SIGINT: the server is stopping."""
 
 
-def _stop(signum: int, frame: object) -> None:
+def stop_download(signum: int, frame: object) -> None:
+    """The SIGTERM handler of a process running :func:`drive_download`: the download
+    ends with ERROR 0 (the server stops)."""
     raise _Stopped
 
 
@@ -269,8 +264,15 @@ def drive_download(
 
 
 def run_job(job: DownloadJob, peer_fd: int, file_fd: int, board: mmap.mmap) -> DownloadReport:
-    """The child's work: serve the file, say how it ended."""
-    peer_socket = socket.socket(fileno=peer_fd)
+    """A worker's work: serve the file, say how it ended. The descriptors stay open (the
+    caller's to close)."""
+    with socket.socket(fileno=os.dup(peer_fd)) as peer_socket:
+        return _serve_file(job, peer_socket, peer_fd, file_fd, board)
+
+
+def _serve_file(
+    job: DownloadJob, peer_socket: socket.socket, peer_fd: int, file_fd: int, board: mmap.mmap
+) -> DownloadReport:
     source = ReadAhead(FilesystemReader(file_fd, job.size), netascii=job.netascii)
     spinner = useful_spinner() if job.spin else None
     steady = None
@@ -297,73 +299,3 @@ def run_job(job: DownloadJob, peer_fd: int, file_fd: int, board: mmap.mmap) -> D
         steady=steady,
     )
     return DownloadReport(engine.outcome or Outcome.LOCAL_ERROR, engine.stats, os.getpid())
-
-
-def serve_jobs(control: socket.socket, board: mmap.mmap) -> None:
-    """The helper's loop: fork a child per job until the server closes ``control``.
-
-    ``board`` is the page the server shares (see :data:`BOARD_SIZE`).
-    """
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
-    while True:
-        try:
-            message, fds, _, _ = socket.recv_fds(control, MESSAGE_LIMIT, JOB_FDS)
-        except InterruptedError:
-            continue
-        if not message:
-            return  # the server is gone
-        try:
-            if len(fds) == JOB_FDS:
-                _fork_child(control, board, DownloadJob.decode(message), *fds)
-        except ValueError as error:
-            print(f"netsvc.tftp.downloader: ignored a bad job: {error}", file=sys.stderr)
-        except OSError as error:  # no fork: the report pipe closes empty, the server logs it
-            print(f"netsvc.tftp.downloader: cannot fork: {error}", file=sys.stderr)
-        finally:
-            for fd in fds:
-                os.close(fd)
-
-
-def _fork_child(
-    control: socket.socket,
-    board: mmap.mmap,
-    job: DownloadJob,
-    peer_fd: int,
-    file_fd: int,
-    report_fd: int,
-) -> None:
-    if os.fork() != 0:
-        return
-    status = 1
-    try:
-        control.close()
-        gc.disable()  # short-lived, and a collection would copy the helper's pages
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, _stop)
-        report = run_job(job, peer_fd, file_fd, board)
-        os.write(report_fd, report.encode())
-        status = 0
-    finally:
-        os._exit(status)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m netsvc.tftp.downloader CONTROL_FD BOARD_FD``: serve jobs from the Unix
-    socket ``CONTROL_FD``, with the server's shared page ``BOARD_FD``."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or not all(arg.isdigit() for arg in args):
-        sys.exit(
-            "usage: python -m netsvc.tftp.downloader CONTROL_FD BOARD_FD"
-            "  (started by the TFTP server)"
-        )
-    os.setpgid(0, 0)  # a group of its own, for its downloads too: the server stops it
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
-    gc.freeze()  # children would otherwise copy pages when a collection touches them
-    board = mmap.mmap(int(args[1]), BOARD_SIZE, access=mmap.ACCESS_READ)
-    os.close(int(args[1]))
-    with socket.socket(fileno=int(args[0])) as control:
-        serve_jobs(control, board)
-
-
-if __name__ == "__main__":
-    main()

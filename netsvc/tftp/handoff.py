@@ -39,21 +39,22 @@ def can_hand_off() -> bool:
 
 
 class DownloadHelper:
-    """The helper process (``python -m netsvc.tftp.downloader``) and its Unix socket.
+    """The helper process (``python -m netsvc.tftp.workers``) and its Unix socket;
+    ``spare_workers`` download processes are kept ready (see :mod:`netsvc.tftp.workers`).
 
     The helper makes itself a process group that its downloads share: a stop reaches
     them all with one signal, and a terminal's Ctrl-C (sent to the server's group) none
     of them. They stay in the server's session.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, spare_workers: int = 0) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         board_fd = _shared_page()
         try:
             self._board = mmap.mmap(board_fd, BOARD_SIZE)
             fds = [theirs.fileno(), board_fd]
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "netsvc.tftp.downloader", *map(str, fds)],
+                [sys.executable, "-m", "netsvc.tftp.workers", *map(str, fds), str(spare_workers)],
                 pass_fds=fds,
                 stdin=subprocess.DEVNULL,
             )

@@ -58,10 +58,20 @@ from netsvc.tftp.session import EngineSession
 from netsvc.tftp.textmode import NetasciiReader, NetasciiWriter
 from netsvc.udpport import listen_udp_quietly
 
-__all__ = ["TFTP_PORT", "TFTPServer", "TFTPServerLimits", "Transfer", "tftp_service"]
+__all__ = [
+    "SPARE_WORKERS",
+    "TFTP_PORT",
+    "TFTPServer",
+    "TFTPServerLimits",
+    "Transfer",
+    "tftp_service",
+]
 
 TFTP_PORT = 69
 DEFAULT_POLICY = ServerOptionPolicy()
+#: Download processes a server started by twistd keeps ready (``--spare-workers``): enough
+#: for a few clients booting at once, about 2 MB each (docs/tftp-server.rst).
+SPARE_WORKERS = 8
 #: Seconds a stopping server waits for downloads in processes of their own to end.
 STOP_GRACE = 5.0
 
@@ -137,6 +147,7 @@ class TFTPServer(DatagramProtocol):
         limits: TFTPServerLimits = TFTPServerLimits(),
         interface: str = "",
         processes: bool = False,
+        spare_workers: int = 0,
     ) -> None:
         self.reactor = reactor
         self.backend = backend
@@ -146,6 +157,9 @@ class TFTPServer(DatagramProtocol):
         #: (:mod:`netsvc.tftp.downloader`), where the platform allows. Takes effect with
         #: :meth:`start_helper` (the service calls it when it starts).
         self.processes = processes and can_hand_off()
+        #: Download processes kept ready, and warm, for the next downloads
+        #: (:mod:`netsvc.tftp.workers`); more start when more downloads run at once.
+        self.spare_workers = spare_workers
         self.helper: DownloadHelper | None = None
         #: Address transfer sockets bind to: the listener's, so replies come from the
         #: address the client talked to whenever the listener is bound to one.
@@ -233,7 +247,7 @@ class TFTPServer(DatagramProtocol):
         """Start the process that runs downloads in processes of their own (if enabled)."""
         if self.processes and self.helper is None:
             try:
-                self.helper = DownloadHelper()
+                self.helper = DownloadHelper(self.spare_workers)
                 self._publish_load()
             except OSError as error:
                 self.log.error(
@@ -609,13 +623,21 @@ def tftp_service(
     policy: ServerOptionPolicy = DEFAULT_POLICY,
     limits: TFTPServerLimits = TFTPServerLimits(),
     processes: bool = False,
+    spare_workers: int = 0,
 ) -> ListenGroup:
     """A service serving ``backend`` over TFTP on ``interface``:``port``.
 
-    ``processes``: see :attr:`TFTPServer.processes`.
+    ``processes``, ``spare_workers``: see :attr:`TFTPServer.processes` and
+    :attr:`TFTPServer.spare_workers`.
     """
     server = TFTPServer(
-        reactor, backend, policy=policy, limits=limits, interface=interface, processes=processes
+        reactor,
+        backend,
+        policy=policy,
+        limits=limits,
+        interface=interface,
+        processes=processes,
+        spare_workers=spare_workers,
     )
     service = _TFTPService(server)
     add_child(service, UDPListenService(reactor, port, server, interface, what="TFTP"))
