@@ -128,8 +128,8 @@ TFTP_SPEC = ServiceSpec(
         ),
         Param(
             "spare-workers", SPARE_WORKERS,
-            "Download processes kept ready and warm (more start when more downloads run"
-            " at once; each takes about 2 MB).", non_negative_int,
+            "Download processes kept ready (more start when more downloads run"
+            " at once; each takes about 1.3 MB idle).", non_negative_int,
         ),
     ],
     flags=[

@@ -4,6 +4,7 @@ helper program's life as the server starts and closes it."""
 from __future__ import annotations
 
 import mmap
+import os
 import socket
 from collections.abc import Iterator
 
@@ -11,7 +12,6 @@ import pytest
 
 from netsvc.tftp import workers
 from netsvc.tftp.downloader import BOARD_SIZE
-from netsvc.tftp.engine import Outcome
 from netsvc.tftp.handoff import DownloadHelper, can_hand_off
 from tests.test_tftp_handoff import children, running, wait_for
 
@@ -82,6 +82,26 @@ def test_a_worker_is_idle_when_it_says_so_and_gone_when_its_socket_closes(
     assert worker not in pool.idle and worker.sock not in pool.workers
 
 
+def test_a_job_for_a_worker_that_died_while_idle_goes_to_the_next(
+    pool: workers._Pool,
+) -> None:
+    alive = fake_worker(pool, 1.0)
+    dead = fake_worker(pool, 2.0)  # the most recently idle: it is asked first
+    dead.close()
+    read_end, write_end = os.pipe()
+    try:
+        pool.dispatch(b"job", [write_end])
+        message, fds, _, _ = socket.recv_fds(alive, 100, 1)
+        assert message == b"job" and len(fds) == 1
+        for fd in fds:
+            os.close(fd)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert pool.idle == [] and len(pool.workers) == 1
+    alive.close()
+
+
 @pytest.mark.skipif(not can_hand_off(), reason="no fork or fd passing on this platform")
 def test_closing_the_helper_ends_its_spare_workers() -> None:
     helper = DownloadHelper(spare_workers=2)
@@ -93,12 +113,6 @@ def test_closing_the_helper_ends_its_spare_workers() -> None:
     assert helper.process.poll() is not None
     for pid in spares:
         wait_for(lambda pid=pid: not running(pid))
-
-
-def test_the_warm_up_is_a_real_download_over_loopback() -> None:
-    report = workers._warm_up(mmap.mmap(-1, BOARD_SIZE))
-    assert report is not None
-    assert report.outcome is Outcome.COMPLETE and report.stats.bytes == 4 * 512
 
 
 def test_the_helper_program_refuses_a_wrong_command_line() -> None:

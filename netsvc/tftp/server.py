@@ -69,9 +69,9 @@ __all__ = [
 
 TFTP_PORT = 69
 DEFAULT_POLICY = ServerOptionPolicy()
-#: Download processes a server started by twistd keeps ready (``--spare-workers``): enough
-#: for a few clients booting at once, about 2 MB each (docs/tftp-server.rst).
-SPARE_WORKERS = 8
+#: Download processes a server started by twistd keeps ready (``--spare-workers``): about
+#: 1.3 MB each when idle (docs/tftp-server.rst).
+SPARE_WORKERS = 32
 #: Seconds a stopping server waits for downloads in processes of their own to end.
 STOP_GRACE = 5.0
 
@@ -157,7 +157,7 @@ class TFTPServer(DatagramProtocol):
         #: (:mod:`netsvc.tftp.downloader`), where the platform allows. Takes effect with
         #: :meth:`start_helper` (the service calls it when it starts).
         self.processes = processes and can_hand_off()
-        #: Download processes kept ready, and warm, for the next downloads
+        #: Download processes kept ready for the next downloads
         #: (:mod:`netsvc.tftp.workers`); more start when more downloads run at once.
         self.spare_workers = spare_workers
         self.helper: DownloadHelper | None = None

@@ -10,9 +10,10 @@ pipe, closes its descriptors and waits for the next.
 Why a pool: a process forked per download (tftpd-hpa's way) costs a Python program about
 3 ms of CPU per download: the fork copies the page tables, every page the child writes to
 is copied on its first write (reference counts are writes), and the exit tears it all
-down again. A worker pays that once. ``SPARE`` workers are started, and run one download
-over loopback each, before any client comes, so that a burst of clients right after the
-start finds warm processes too. Workers beyond ``SPARE`` that stay idle for
+down again. A worker pays that once. ``SPARE`` workers are started before any client
+comes, so that a burst of clients right after the start does not wait for forks (nor pay
+their copy-on-write faults while it runs: a worker forked in a burst faulted twice as
+many pages during it as one forked before). Workers beyond ``SPARE`` that stay idle for
 :data:`IDLE_EXPIRY` seconds exit, so the pool shrinks back after a burst.
 
 Ending: the server closing ``CONTROL_FD`` ends the helper; a worker whose helper is gone
@@ -29,7 +30,6 @@ import selectors
 import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Sequence
 
@@ -40,8 +40,6 @@ from netsvc.tftp.downloader import (
     BOARD_SIZE,
     MESSAGE_LIMIT,
     DownloadJob,
-    DownloadReport,
-    SenderSettings,
 )
 
 __all__ = ["IDLE_EXPIRY", "serve_jobs"]
@@ -68,10 +66,10 @@ class _Pool:
         self.board = board
         self.spare = spare
         self.selector = selectors.DefaultSelector()
-        self.idle: list[_Worker] = []  # the most recently idle last: its memory is warm
+        self.idle: list[_Worker] = []  # the most recently idle last: its caches are warm
         self.workers: dict[socket.socket, _Worker] = {}
 
-    def start_worker(self, *, warm_up: bool = False, job_fds: Sequence[int] = ()) -> _Worker:
+    def start_worker(self, *, spare: bool = False, job_fds: Sequence[int] = ()) -> _Worker:
         """Fork a worker. ``job_fds``: descriptors of a job the helper holds right now,
         which the worker must not keep (it gets its own copies with the job)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -88,7 +86,7 @@ class _Pool:
                 for fd in job_fds:
                     os.close(fd)
                 self.selector.close()
-                _work(theirs, self.board, warm_up)
+                _work(theirs, self.board, spare)
                 status = 0
             finally:
                 os._exit(status)
@@ -99,12 +97,21 @@ class _Pool:
         return worker
 
     def dispatch(self, message: bytes, fds: list[int]) -> None:
-        """Give a job to an idle worker (a new one if none is)."""
-        worker = self.idle.pop() if self.idle else self.start_worker(job_fds=fds)
+        """Give a job to an idle worker (a new one if none is). :raises OSError: no
+        worker could be started (the report pipe closes empty: the server logs it)."""
+        while self.idle:
+            worker = self.idle.pop()
+            try:
+                socket.send_fds(worker.sock, [message], fds)
+                return
+            except OSError:  # it died while idle: the next one takes the job
+                self.forget(worker)
+        worker = self.start_worker(job_fds=fds)
         try:
             socket.send_fds(worker.sock, [message], fds)
-        except OSError:  # it died just now: the report pipe closes empty, the server logs it
+        except OSError:
             self.forget(worker)
+            raise
 
     def heard_from(self, worker: _Worker) -> None:
         try:
@@ -141,12 +148,12 @@ def serve_jobs(control: socket.socket, board: mmap.mmap, spare: int = 0) -> None
     """The helper's loop: hand jobs to workers until the server closes ``control``.
 
     ``board`` is the page the server shares (see :data:`~netsvc.tftp.downloader.BOARD_SIZE`);
-    ``spare`` workers are started (and warmed up) first and kept when idle.
+    ``spare`` workers are started first and kept when idle.
     """
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the workers
     pool = _Pool(control, board, spare)
     for _ in range(spare):
-        pool.start_worker(warm_up=True)  # idle once it says so, after its warm-up
+        pool.start_worker(spare=True)  # idle once it says so
     pool.selector.register(control, selectors.EVENT_READ, None)
     timeout: float | None = None
     while True:
@@ -171,15 +178,11 @@ def serve_jobs(control: socket.socket, board: mmap.mmap, spare: int = 0) -> None
         timeout = pool.retire_expired(time.monotonic())
 
 
-def _work(sock: socket.socket, board: mmap.mmap, warm_up: bool) -> None:
+def _work(sock: socket.socket, board: mmap.mmap, spare: bool) -> None:
     """A worker's life: jobs from ``sock`` until the helper closes it or SIGTERM comes."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, _stop_between_jobs)
-    if warm_up:  # a spare worker: ready once warm (one started for a job gets it at once)
-        try:
-            _warm_up(board)
-        except Exception as error:  # a colder first download, nothing worse
-            print(f"netsvc.tftp.workers: warm-up failed: {error}", file=sys.stderr)
+    if spare:  # ready at once (a worker started for a job gets that job first)
         sock.send(_IDLE)
     while True:
         try:
@@ -229,56 +232,10 @@ def _stop_between_jobs(signum: int, frame: object) -> None:
     raise _Stopping
 
 
-def _warm_up(board: mmap.mmap) -> DownloadReport | None:
-    """Run one small download over loopback, client included, so that this process has
-    touched (and copied) the memory a download uses before a real client waits on it.
-    Its report (``None`` without ``memfd_create``)."""
-    blksize, blocks = 512, 4
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server, socket.socket(
-        socket.AF_INET, socket.SOCK_DGRAM
-    ) as client:
-        server.bind(("127.0.0.1", 0))
-        client.bind(("127.0.0.1", 0))
-        server.connect(client.getsockname())
-        client.connect(server.getsockname())
-        client.settimeout(1.0)
-        data_fd = os.memfd_create("netsvc-warm-up") if hasattr(os, "memfd_create") else None
-        if data_fd is None:
-            return None
-        try:
-            os.write(data_fd, bytes(blksize * blocks))
-            os.lseek(data_fd, 0, os.SEEK_SET)
-            job = DownloadJob(
-                SenderSettings(blksize, 1, None, 0.05, 0.01, 0.05, 1.0, 3),
-                size=blksize * blocks,
-                netascii=False,
-                max_duration=1.0,
-            )
-            acknowledger = threading.Thread(target=_acknowledge_all, args=(client,), daemon=True)
-            acknowledger.start()
-            report = downloader.run_job(job, server.fileno(), data_fd, board)
-            acknowledger.join(1.0)
-            return report
-        finally:
-            os.close(data_fd)
-
-
-def _acknowledge_all(client: socket.socket) -> None:
-    """The warm-up's client: acknowledge every block until a short one."""
-    while True:
-        try:
-            datagram = client.recv(1024)
-        except OSError:
-            return
-        client.send(b"\0\4" + datagram[2:4])
-        if len(datagram) < 4 + 512:
-            return
-
-
 def main(argv: list[str] | None = None) -> None:
     """``python -m netsvc.tftp.workers CONTROL_FD BOARD_FD [SPARE]``: serve jobs from the
     Unix socket ``CONTROL_FD`` with the server's shared page ``BOARD_FD``, keeping
-    ``SPARE`` warm workers."""
+    ``SPARE`` workers ready."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) not in (2, 3) or not all(arg.isdigit() for arg in args):
         sys.exit(
