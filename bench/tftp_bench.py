@@ -147,6 +147,12 @@ def is_candidate(server: str) -> bool:
     """netsvc itself, on whichever reactor (the bar compares it with the others)."""
     return server == CANDIDATE or server.startswith(CANDIDATE + "-")
 
+
+def runs_netsvc(spec: ServerSpec) -> bool:
+    """Whether a server's command runs netsvc's TFTP plugin: another build or setting of
+    netsvc (``--server before=...``), which the bar does not count as a competitor."""
+    return f" {NETSVC_PLUGIN} " in f" {spec.template} "
+
 PROBE_FILE = "probe.bin"
 PROBE_SIZE = 100  # one DATA block whatever the blksize
 START_TIMEOUT = 20.0  # seconds for a server to bind and answer the probe
@@ -1196,11 +1202,14 @@ def summarize(row: Row, results: list[RunResult]) -> Cell:
     return cell
 
 
-def bar_verdict(row: Row, cells: dict[str, Cell]) -> str:
+def bar_verdict(row: Row, cells: dict[str, Cell], variants: frozenset[str]) -> str:
     """netsvc's bar for the row: fastest of all servers, with no failed run; judged for
-    each netsvc server (plain epoll reactor, busy-polling reactor) against the others."""
+    each netsvc server (plain epoll reactor, busy-polling reactor) against the others,
+    leaving out ``variants`` (other builds or settings of netsvc)."""
     others = {
-        name: c.wall for name, c in cells.items() if not is_candidate(name) and c.wall is not None
+        name: c.wall
+        for name, c in cells.items()
+        if not is_candidate(name) and name not in variants and c.wall is not None
     }
     verdicts = []
     for name, mine in cells.items():
@@ -1241,6 +1250,7 @@ def report(
     results: list[RunResult],
     skipped: dict[str, str],
     settings: argparse.Namespace,
+    variants: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     log()
     log("=" * 100)
@@ -1296,7 +1306,7 @@ def report(
                     f"{cpu}ms/MiB,{c.granted}{'*' if c.window_flag else ''}"
                     f"{f',FAILED{c.failed}' if c.failed else ''})"
                 )
-        verdict = bar_verdict(row, cells)
+        verdict = bar_verdict(row, cells, variants)
         log()
         log(f"{row.name}  ({row.describe()})   bar for {CANDIDATE}: {verdict}")
         headers = [
@@ -1514,7 +1524,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    data = report(rows, [spec.name for spec in servers], results, skipped, args)
+    variants = frozenset(
+        spec.name for spec in servers if runs_netsvc(spec) and not is_candidate(spec.name)
+    )
+    data = report(rows, [spec.name for spec in servers], results, skipped, args, variants)
     if args.json:
         data |= {"settings": vars(args), "runs": [asdict(r) for r in results], "skipped": skipped}
         Path(args.json).write_text(json.dumps(data, indent=1, default=str))
