@@ -286,13 +286,22 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., TFTPServer]]:
         server.stop()
 
 
+def start_with_spares(
+    make_server: Callable[..., TFTPServer], spares: int, *flags: str
+) -> tuple[TFTPServer, int]:
+    """A server keeping ``spares`` download workers, once they are all there; and the
+    pid of its helper."""
+    server = make_server("--spare-workers", str(spares), *flags)
+    helper = helper_of(server)
+    assert helper is not None
+    wait_for(lambda: len(children(helper)) == spares)
+    return server, helper
+
+
 def test_a_download_runs_in_a_worker_of_the_helper_which_serves_the_next_one_too(
     make_server: Callable[..., TFTPServer],
 ) -> None:
-    server = make_server("--spare-workers", "0")
-    helper = helper_of(server)
-    assert helper is not None
-    assert children(helper) == []  # no spare workers: the first download starts one
+    server, helper = start_with_spares(make_server, 0)  # the first download starts one
     client, transfer = start_download(server.port)
     try:
         wait_for(lambda: len(children(helper)) == 1)
@@ -310,10 +319,7 @@ def test_a_download_runs_in_a_worker_of_the_helper_which_serves_the_next_one_too
 def test_spare_workers_are_ready_before_the_first_client(
     make_server: Callable[..., TFTPServer],
 ) -> None:
-    server = make_server("--spare-workers", "3")
-    helper = helper_of(server)
-    assert helper is not None
-    wait_for(lambda: len(children(helper)) == 3)
+    server, helper = start_with_spares(make_server, 3)
     spares = set(children(helper))
     download_whole(server.port)
     wait_for(server.events)
@@ -323,9 +329,7 @@ def test_spare_workers_are_ready_before_the_first_client(
 def test_downloads_at_once_get_workers_of_their_own(
     make_server: Callable[..., TFTPServer],
 ) -> None:
-    server = make_server("--spare-workers", "0")
-    helper = helper_of(server)
-    assert helper is not None
+    server, helper = start_with_spares(make_server, 0)
     first, first_transfer = start_download(server.port)
     second, second_transfer = start_download(server.port)
     try:
@@ -348,10 +352,8 @@ def test_one_process_means_no_helper(make_server: Callable[..., TFTPServer]) -> 
 def test_stopping_the_server_stops_its_downloads_and_tells_their_clients(
     make_server: Callable[..., TFTPServer],
 ) -> None:
-    server = make_server("--spare-workers", "2")
-    helper = helper_of(server)
-    assert helper is not None and server.process is not None
-    wait_for(lambda: len(children(helper)) == 2)
+    server, helper = start_with_spares(make_server, 2)
+    assert server.process is not None
     client, transfer = start_download(server.port)
     try:
         workers = children(helper)  # the spares (one has the download) or a third for it
@@ -373,9 +375,7 @@ def test_stopping_the_server_stops_its_downloads_and_tells_their_clients(
 def test_a_download_whose_process_dies_is_logged_and_frees_its_slot(
     make_server: Callable[..., TFTPServer],
 ) -> None:
-    server = make_server("--max-sessions", "1", "--spare-workers", "0")
-    helper = helper_of(server)
-    assert helper is not None
+    server, helper = start_with_spares(make_server, 0, "--max-sessions", "1")
     client, _ = start_download(server.port)
     try:
         wait_for(lambda: len(children(helper)) == 1)
@@ -390,10 +390,7 @@ def test_a_download_whose_process_dies_is_logged_and_frees_its_slot(
 def test_without_its_helper_the_server_serves_downloads_itself(
     make_server: Callable[..., TFTPServer],
 ) -> None:
-    server = make_server("--spare-workers", "2")
-    helper = helper_of(server)
-    assert helper is not None
-    wait_for(lambda: len(children(helper)) == 2)
+    server, helper = start_with_spares(make_server, 2)
     workers = children(helper)
     os.kill(helper, signal.SIGKILL)
     for pid in workers:  # idle workers without their helper exit: no orphans

@@ -165,7 +165,7 @@ def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
         thread.start()
         fd = os.open(path, os.O_RDONLY)
         try:
-            report = run_job(job, os.dup(server.fileno()), fd, board)
+            report = run_job(job, server.fileno(), fd, board)
         finally:
             os.close(fd)
         thread.join(10)

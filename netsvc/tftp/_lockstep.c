@@ -10,7 +10,8 @@
  * Everything here mirrors the Python code it stands in for, which stays the reference:
  * RetransmitTimer.sample (netsvc/tftp/engine.py) for the timer, Spinner (netsvc/spin.py)
  * for polling before sleeping, drive_download's wait for the socket timeout. Tests check
- * that both give the same results.
+ * the timer arithmetic against RetransmitTimer, and whole downloads (polling or not)
+ * against the Python loop (tests/test_tftp_lockstep.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

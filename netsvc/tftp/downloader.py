@@ -49,7 +49,7 @@ __all__ = [
     "drive_download",
 ]
 
-#: Bytes of the page the server shares with the helper and its children: byte 0 is the
+#: Bytes of the page the server shares with the helper and its workers: byte 0 is the
 #: number of transfers the server runs (255: that many or more).
 BOARD_SIZE = 64
 #: Largest job or report message (both are one short JSON object).
@@ -125,7 +125,7 @@ class DownloadJob:
 
 @attrs.frozen
 class DownloadReport:
-    """How a download in a child process ended: its engine's outcome and counters."""
+    """How a download in a worker process ended: its engine's outcome and counters."""
 
     outcome: Outcome
     stats: TransferStats
@@ -137,7 +137,7 @@ class DownloadReport:
 
     @classmethod
     def decode(cls, data: bytes) -> DownloadReport | None:
-        """The report in ``data``, or ``None`` for anything else (a child that died)."""
+        """The report in ``data``, or ``None`` for anything else (a worker that died)."""
         try:
             fields = json.loads(data)
             outcome = Outcome(fields.pop("outcome"))
@@ -153,7 +153,7 @@ SteadyState = Callable[[BlockSender, LockstepPoint, float], bytes | None]
 
 
 class _Stopped(BaseException):
-    """Raised in a child by SIGTERM or SIGINT: the server is stopping."""
+    """Raised by SIGTERM in a process running a download: the server is stopping."""
 
 
 def stop_download(signum: int, frame: object) -> None:
@@ -266,13 +266,6 @@ def drive_download(
 def run_job(job: DownloadJob, peer_fd: int, file_fd: int, board: mmap.mmap) -> DownloadReport:
     """A worker's work: serve the file, say how it ended. The descriptors stay open (the
     caller's to close)."""
-    with socket.socket(fileno=os.dup(peer_fd)) as peer_socket:
-        return _serve_file(job, peer_socket, peer_fd, file_fd, board)
-
-
-def _serve_file(
-    job: DownloadJob, peer_socket: socket.socket, peer_fd: int, file_fd: int, board: mmap.mmap
-) -> DownloadReport:
     source = ReadAhead(FilesystemReader(file_fd, job.size), netascii=job.netascii)
     spinner = useful_spinner() if job.spin else None
     steady = None
@@ -290,12 +283,13 @@ def _serve_file(
                 stop_at=stop_at,
             )[1]
 
-    engine = drive_download(
-        job,
-        peer_socket,
-        source.read,
-        spinner=spinner,
-        alone=lambda: board[0] <= 1,
-        steady=steady,
-    )
+    with socket.socket(fileno=os.dup(peer_fd)) as peer_socket:
+        engine = drive_download(
+            job,
+            peer_socket,
+            source.read,
+            spinner=spinner,
+            alone=lambda: board[0] <= 1,
+            steady=steady,
+        )
     return DownloadReport(engine.outcome or Outcome.LOCAL_ERROR, engine.stats, os.getpid())

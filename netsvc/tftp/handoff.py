@@ -1,7 +1,7 @@
 """The server's side of downloads in processes of their own (see :mod:`netsvc.tftp.downloader`).
 
 :class:`DownloadHelper` starts the helper program, hands it downloads, and stops it and
-its children. :class:`ReportPipe` reads one child's report when the child ends.
+its workers. :class:`ReportPipe` reads one download's report when its worker is done.
 """
 
 from __future__ import annotations
@@ -127,8 +127,8 @@ class DownloadHelper:
 
 
 class ReportPipe:
-    """Reads one child's report; ``done(report)`` once the child has closed the pipe by
-    exiting (``None``: it ended without one, killed or crashed).
+    """Reads one download's report; ``done(report)`` once its worker has closed the pipe,
+    after the report or by dying (``None``: it ended without one, killed or crashed).
 
     An ``IReadDescriptor`` for the reactor.
     """

@@ -409,8 +409,8 @@ class Transfer(EngineSession):
     def _hand_to_process(self, reader: Any, settings: SenderSettings, text: bool) -> bool:
         """Run this download in a process of its own, if there is a helper; whether it does.
 
-        Only a regular file (a descriptor the child inherits, read synchronously) and a
-        socket connected to the client; anything else is served here. The child polls
+        Only a regular file (a descriptor the worker receives, read synchronously) and a
+        socket connected to the client; anything else is served here. The worker polls
         awake for ACKs while no other transfer runs (``TFTPServer._publish_load``), where
         this server's sockets do.
         """
@@ -432,7 +432,7 @@ class Transfer(EngineSession):
         if pipe is None:
             return False
         self._report_pipe = ReportPipe(self.reactor, pipe, self._process_ended)
-        # The client's socket, the file and the time limit are the child's now. The port
+        # The client's socket, the file and the time limit are the worker's now. The port
         # stays here and answers strangers.
         self._close_peer_socket()
         reader.close()

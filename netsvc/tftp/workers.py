@@ -207,19 +207,15 @@ def _work(sock: socket.socket, board: mmap.mmap, spare: bool) -> None:
 
 
 def _run(job: DownloadJob, peer_fd: int, file_fd: int, report_fd: int, *, board: mmap.mmap) -> None:
-    global _stopping
-    # During a download SIGTERM ends it with ERROR 0 to the client (drive_download).
-    signal.signal(signal.SIGTERM, downloader.stop_download)
+    signal.signal(signal.SIGTERM, _stop_in_download)
     try:
         report = downloader.run_job(job, peer_fd, file_fd, board)
     finally:
         signal.signal(signal.SIGTERM, _stop_between_jobs)
-    if report.stats.error_message == downloader.SHUTDOWN_MESSAGE:
-        _stopping = True
     os.write(report_fd, report.encode())
 
 
-_stopping = False
+_stopping = False  # SIGTERM came: the worker exits after what it is doing
 
 
 class _Stopping(BaseException):
@@ -230,6 +226,14 @@ def _stop_between_jobs(signum: int, frame: object) -> None:
     global _stopping
     _stopping = True
     raise _Stopping
+
+
+def _stop_in_download(signum: int, frame: object) -> None:
+    """SIGTERM during a download: it ends with ERROR 0 to the client (drive_download),
+    reports, and the worker exits."""
+    global _stopping
+    _stopping = True
+    downloader.stop_download(signum, frame)
 
 
 def main(argv: list[str] | None = None) -> None:
