@@ -153,6 +153,7 @@ def runs_netsvc(spec: ServerSpec) -> bool:
     netsvc (``--server before=...``), which the bar does not count as a competitor."""
     return f" {NETSVC_PLUGIN} " in f" {spec.template} "
 
+
 PROBE_FILE = "probe.bin"
 PROBE_SIZE = 100  # one DATA block whatever the blksize
 START_TIMEOUT = 20.0  # seconds for a server to bind and answer the probe
