@@ -16,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Generic, Protocol, TypeVar
 
-__all__ = ["ALWAYS", "NEVER", "Admission", "PerKeyRateLimiter", "TokenBucket"]
+from twisted.logger import Logger
+
+__all__ = ["ALWAYS", "NEVER", "Admission", "HeldBackSources", "PerKeyRateLimiter", "TokenBucket"]
 
 K = TypeVar("K", bound=Hashable)
 Clock = Callable[[], float]
@@ -153,3 +155,60 @@ class PerKeyRateLimiter(Generic[K]):
 
     def __len__(self) -> int:
         return len(self._admissions)
+
+
+class HeldBackSources(Generic[K]):
+    """Tells the operator when a rate limit starts and stops holding a source back.
+
+    A limit that drops requests silently (as it must: answering them would make the
+    server a reflector) looks like a broken server to the user behind that source, so
+    the log gets one warning when a source is first held back and one line when it is
+    let through again, with how many requests it lost. Never more: at most
+    ``max_sources`` sources are followed at once, and at most ``events_per_second``
+    warnings (burst ``event_burst``) are written, whatever a flood of sources does.
+    """
+
+    def __init__(
+        self,
+        log: Logger,
+        what: str,
+        clock: Clock,
+        *,
+        max_sources: int = 1024,
+        events_per_second: float = 1.0,
+        event_burst: float = 10.0,
+    ) -> None:
+        self.log = log
+        #: What the limit counts, for the messages ("tftp: requests").
+        self.what = what
+        self.clock = clock
+        self.max_sources = max_sources
+        self._warnings = TokenBucket(events_per_second, event_burst, clock())
+        #: Sources held back right now (those that were reported), with their losses.
+        self.held: dict[K, int] = {}
+
+    def dropped(self, source: K) -> None:
+        """The limit held back one request of ``source``."""
+        held = self.held
+        count = held.get(source)
+        if count is not None:
+            held[source] = count + 1
+        elif len(held) < self.max_sources and self._warnings.take(self.clock):
+            held[source] = 1
+            self.log.warn(
+                "{what} from {source} exceed the rate limit: ignored until they slow down",
+                what=self.what,
+                source=source,
+            )
+
+    def let_through(self, source: K) -> None:
+        """The limit let a request of ``source`` through (callers skip this while
+        :attr:`held` is empty: the common case costs one truth test)."""
+        count = self.held.pop(source, None)
+        if count is not None:
+            self.log.info(
+                "{what} from {source} are under the rate limit again; {count} were ignored",
+                what=self.what,
+                source=source,
+                count=count,
+            )

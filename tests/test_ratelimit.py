@@ -1,7 +1,8 @@
 import pytest
 from twisted.internet.task import Clock
+from twisted.logger import Logger, LogLevel, formatEvent
 
-from netsvc.ratelimit import ALWAYS, NEVER, PerKeyRateLimiter, TokenBucket
+from netsvc.ratelimit import ALWAYS, NEVER, HeldBackSources, PerKeyRateLimiter, TokenBucket
 
 
 def test_bucket_starts_full_and_refills_at_rate() -> None:
@@ -107,3 +108,42 @@ def test_limiter_forgets_only_refilled_buckets() -> None:
     clock.advance(1.0)
     assert limiter.forget_idle() == 1  # "quiet" is full again, "busy" is not
     assert len(limiter) == 1
+
+
+# -- HeldBackSources: what the operator is told -----------------------------------------------
+
+
+def _held_back(**kwargs: float) -> tuple[HeldBackSources[str], list[dict[str, object]], Clock]:
+    events: list[dict[str, object]] = []
+    clock = Clock()
+    report: HeldBackSources[str] = HeldBackSources(
+        Logger(observer=events.append), "test: requests", clock.seconds, **kwargs  # type: ignore[arg-type]
+    )
+    return report, events, clock
+
+
+def test_a_held_back_source_is_reported_once_then_with_its_losses() -> None:
+    report, events, _ = _held_back()
+    for _ in range(5):
+        report.dropped("10.0.0.1")
+    assert [(e["log_level"], e["source"]) for e in events] == [(LogLevel.warn, "10.0.0.1")]
+    report.let_through("10.0.0.2")  # never held back: nothing to say
+    report.let_through("10.0.0.1")
+    assert len(events) == 2
+    assert events[1]["log_level"] == LogLevel.info and events[1]["count"] == 5
+    assert "5 were ignored" in formatEvent(events[1])
+    assert report.held == {}
+    report.dropped("10.0.0.1")  # held back again: a new warning
+    assert len(events) == 3 and events[2]["log_level"] == LogLevel.warn
+
+
+def test_a_flood_of_sources_writes_a_bounded_log() -> None:
+    report, events, clock = _held_back(max_sources=50, events_per_second=1, event_burst=10)
+    for index in range(10_000):
+        report.dropped(f"10.0.{index // 256}.{index % 256}")
+    assert len(events) == 10 and len(report.held) == 10
+    clock.advance(100)  # the warnings' bucket refills, the table of sources does not grow past 50
+    for index in range(10_000, 20_000):
+        report.dropped(f"10.{index // 65536}.{index // 256 % 256}.{index % 256}")
+        clock.advance(1)
+    assert len(report.held) == 50 and len(events) == 50

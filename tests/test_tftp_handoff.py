@@ -55,17 +55,60 @@ def test_a_job_survives_its_trip_to_the_helper(preamble: bytes | None) -> None:
     assert DownloadJob.decode(sent.encode()) == sent
 
 
-@pytest.mark.parametrize("garbage", [b"", b"{", b"[]", b'{"size": 1}', b'{"sender": {}}'])
+def _a_job() -> bytes:
+    return job().encode()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"",
+        b"{",
+        b'{"size": 1}',
+        b"TFJ1",
+        _a_job()[:-1],  # one byte short
+        b"XXXX" + _a_job()[4:],  # not a job's tag
+        _a_job() + b"\x00\x06",  # bytes after a job that has no OACK
+        DownloadReport(Outcome.COMPLETE, TransferStats(), pid=1).encode(),
+    ],
+)
 def test_anything_but_a_job_is_refused(garbage: bytes) -> None:
     with pytest.raises(ValueError):
         DownloadJob.decode(garbage)
 
 
-def test_a_report_survives_the_pipe_and_garbage_is_no_report() -> None:
-    stats = TransferStats(blocks=3, bytes=1280, retransmits=2, error_code=None)
-    report = DownloadReport(Outcome.COMPLETE, stats, pid=1234)
+@pytest.mark.parametrize(
+    "report",
+    [
+        DownloadReport(
+            Outcome.COMPLETE,
+            TransferStats(started=5.25, blocks=3, bytes=1280, retransmits=2, error_code=None),
+            pid=1234,
+        ),
+        DownloadReport(
+            Outcome.PEER_ERROR,
+            TransferStats(
+                started=1.5, finished=2.75, timeouts=1, error_code=8, error_message="tsize? ä"
+            ),
+            pid=7,
+        ),
+    ],
+)
+def test_a_report_survives_the_pipe(report: DownloadReport) -> None:
     assert DownloadReport.decode(report.encode()) == report
-    for garbage in (b"", b"{", b'{"outcome": "nonsense", "pid": 1}', b'{"outcome": "complete"}'):
+
+
+def test_garbage_is_no_report() -> None:
+    report = DownloadReport(Outcome.TIMED_OUT, TransferStats(), pid=1).encode()
+    for garbage in (
+        b"",
+        b"{",
+        b'{"outcome": "complete"}',
+        report[:-1],  # one byte short: a worker that died while writing it
+        b"XXXX" + report[4:],
+        report[:4] + b"\x09" + report[5:],  # no such outcome
+        job().encode(),
+    ):
         assert DownloadReport.decode(garbage) is None
 
 

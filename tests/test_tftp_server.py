@@ -329,6 +329,33 @@ def test_request_rate_limit_per_source() -> None:
     assert server.counters["requests"] == 20
 
 
+def test_a_source_over_the_request_rate_is_reported_once_and_when_it_is_back() -> None:
+    limits = TFTPServerLimits(request_rate=10, request_burst=20)
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        reactor, server, _ = fake_network({}, limits=limits)
+        client = reactor.listenUDP(0, _Silent(), "")
+        for index in range(500):
+            client.write(b"\x00\x01missing%d\x00octet\x00" % index, (SERVER_HOST, SERVER_PORT))
+        reactor.advance(0)
+        # Never a reason to write: sources that cannot be answered are not "held back".
+        server.datagramReceived(b"\x00\x01f\x00octet\x00", ("255.255.255.255", 69))
+        server.datagramReceived(b"\x00\x01f\x00octet\x00", ("0.0.0.0", 69))
+        reported = [e for e in events if "source" in e]
+        reactor.advance(10)  # the bucket refills
+        client.write(b"\x00\x01missing\x00octet\x00", (SERVER_HOST, SERVER_PORT))
+        reactor.advance(0)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [(e["source"], e["log_level"].name) for e in reported] == [(SERVER_HOST, "warn")]
+    assert server.counters["rate_limited"] == 480
+    back = [e for e in events if "source" in e][1:]
+    assert [(e["source"], e["count"], e["log_level"].name) for e in back] == [
+        (SERVER_HOST, 480, "info")
+    ]
+
+
 def test_session_caps_answer_busy() -> None:
     limits = TFTPServerLimits(max_sessions_per_client=2)
     reactor, server, _ = fake_network({"f": payload(100_000)}, limits=limits, record=True)

@@ -355,11 +355,11 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def _is_inside(root: bytes, path: bytes) -> bool:
-    """True if ``path`` is ``root`` or below it, by whole components (both absolute)."""
-    try:
-        return os.path.commonpath([root, path]) == root
-    except ValueError:
-        return False
+    """True if ``path`` is ``root`` or below it, by whole components (both absolute and
+    normalized, as ``realpath`` and the kernel give them)."""
+    # A prefix that ends at a separator compares whole components ("/srv/tftp" is not
+    # inside "/srv/tf"), and costs a fraction of os.path.commonpath per request.
+    return path == root or path.startswith(root if root.endswith(b"/") else root + b"/")
 
 
 classImplements(FilesystemReader, IReader)

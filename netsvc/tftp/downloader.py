@@ -18,7 +18,6 @@ Nothing here imports Twisted.
 
 from __future__ import annotations
 
-import json
 import math
 import mmap
 import os
@@ -52,7 +51,7 @@ __all__ = [
 #: Bytes of the page the server shares with the helper and its workers: byte 0 is the
 #: number of transfers the server runs (255: that many or more).
 BOARD_SIZE = 64
-#: Largest job or report message (both are one short JSON object).
+#: Largest job or report message (see ``_JOB`` and ``_REPORT``).
 MESSAGE_LIMIT = 16384
 #: The ERROR message of a transfer stopped by the server's time limit (wherever it runs).
 TIME_LIMIT_MESSAGE = "transfer exceeded the server's time limit"
@@ -103,24 +102,55 @@ class DownloadJob:
     spin: bool = False  # whether waits may poll awake first (see drive_download)
 
     def encode(self) -> bytes:
-        fields = attrs.asdict(self)
-        preamble = self.sender.preamble
-        fields["sender"]["preamble"] = None if preamble is None else preamble.hex()
-        return json.dumps(fields).encode()
+        settings = self.sender
+        preamble = settings.preamble
+        return (
+            _JOB.pack(
+                _JOB_TAG,
+                settings.blksize,
+                settings.windowsize,
+                settings.initial_rto,
+                settings.min_rto,
+                settings.max_rto,
+                settings.give_up_after,
+                settings.first_contact_retries,
+                self.size,
+                self.netascii,
+                _float_or_nan(self.max_duration),
+                self.spin,
+                preamble is not None,
+            )
+            + (preamble or b"")
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> DownloadJob:
         """:raises ValueError: not a job."""
         try:
-            fields = json.loads(data)
-            sender = fields.pop("sender")
-            preamble = sender.pop("preamble")
-            settings = SenderSettings(
-                preamble=None if preamble is None else bytes.fromhex(preamble), **sender
-            )
-            return cls(sender=settings, **fields)
-        except (TypeError, KeyError, AttributeError) as error:
+            (tag, blksize, windowsize, initial_rto, min_rto, max_rto, give_up_after,
+             retries, size, netascii, max_duration, spin, has_preamble) = _JOB.unpack_from(data)
+        except struct.error as error:
             raise ValueError(f"not a download job: {error}") from None
+        preamble = data[_JOB.size :]
+        if tag != _JOB_TAG or (preamble and not has_preamble):
+            raise ValueError("not a download job")
+        settings = SenderSettings(
+            blksize=blksize,
+            windowsize=windowsize,
+            preamble=preamble if has_preamble else None,
+            initial_rto=initial_rto,
+            min_rto=min_rto,
+            max_rto=max_rto,
+            give_up_after=give_up_after,
+            first_contact_retries=retries,
+        )
+        return cls(
+            sender=settings,
+            size=size,
+            netascii=netascii,
+            max_duration=_none_if_nan(max_duration),
+            spin=spin,
+        )
 
 
 @attrs.frozen
@@ -132,19 +162,61 @@ class DownloadReport:
     pid: int
 
     def encode(self) -> bytes:
-        stats = attrs.asdict(self.stats)
-        return json.dumps({"outcome": self.outcome.value, "pid": self.pid, **stats}).encode()
+        stats = self.stats
+        code = stats.error_code
+        return _REPORT.pack(
+            _REPORT_TAG,
+            _OUTCOMES.index(self.outcome),
+            self.pid,
+            stats.started,
+            _float_or_nan(stats.finished),
+            stats.blocks,
+            stats.bytes,
+            stats.retransmits,
+            stats.timeouts,
+            -1 if code is None else code,
+        ) + stats.error_message.encode("utf-8", "replace")
 
     @classmethod
     def decode(cls, data: bytes) -> DownloadReport | None:
         """The report in ``data``, or ``None`` for anything else (a worker that died)."""
         try:
-            fields = json.loads(data)
-            outcome = Outcome(fields.pop("outcome"))
-            pid = int(fields.pop("pid"))
-            return cls(outcome, TransferStats(**fields), pid)
-        except (ValueError, TypeError, KeyError, AttributeError):
+            (tag, outcome, pid, started, finished, blocks, size, retransmits, timeouts,
+             code) = _REPORT.unpack_from(data)
+            message = data[_REPORT.size :].decode("utf-8", "replace")
+        except struct.error:
             return None
+        if tag != _REPORT_TAG or outcome >= len(_OUTCOMES):
+            return None
+        stats = TransferStats(
+            started=started,
+            finished=_none_if_nan(finished),
+            blocks=blocks,
+            bytes=size,
+            retransmits=retransmits,
+            timeouts=timeouts,
+            error_code=None if code < 0 else code,
+            error_message=message,
+        )
+        return cls(_OUTCOMES[outcome], stats, pid)
+
+
+# Jobs and reports are fixed binary records (a tag, then the fields; a job's OACK and a
+# report's error message follow as raw bytes): the server builds one job and reads one
+# report per download, where JSON cost it more than any other step but the log event.
+_JOB_TAG = b"TFJ1"
+_JOB = struct.Struct("=4sIIddddiQ?d??")
+_REPORT_TAG = b"TFR1"
+_REPORT = struct.Struct("=4sBidd4Qi")
+_OUTCOMES = tuple(Outcome)
+
+
+def _float_or_nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _none_if_nan(value: float) -> float | None:
+    return None if math.isnan(value) else value
 
 
 #: Runs the lock-step steady state in place of :func:`drive_download`'s loop (see

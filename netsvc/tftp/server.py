@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 
 from netsvc.echo import is_unanswerable_source
 from netsvc.listening import ListenGroup, UDPListenService, add_child
-from netsvc.ratelimit import NEVER, PerKeyRateLimiter
+from netsvc.ratelimit import NEVER, HeldBackSources, PerKeyRateLimiter
 from netsvc.tftp.backend import BackendError, IBackend, RequestContext
 from netsvc.tftp.downloader import (
     SHUTDOWN_MESSAGE,
@@ -176,7 +176,13 @@ class TFTPServer(DatagramProtocol):
             reactor.seconds,
             classify=lambda host: NEVER if is_unanswerable_source(host) else None,
         )
-        self.counters = {"requests": 0, "ignored": 0, "refused": 0, "busy": 0}
+        #: Sources the request rate holds back, reported in the log (see HeldBackSources).
+        self.held_back: HeldBackSources[str] = HeldBackSources(
+            self.log, "tftp: requests", reactor.seconds
+        )
+        self.counters = {
+            "requests": 0, "ignored": 0, "rate_limited": 0, "refused": 0, "busy": 0
+        }
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         key = _peer_key(addr)
@@ -186,9 +192,15 @@ class TFTPServer(DatagramProtocol):
         if len(datagram) < 4 or datagram[0] != 0 or datagram[1] not in (1, 2) or addr[1] == 0:
             self.counters["ignored"] += 1
             return
-        if not self.requests.allow(addr[0]):
+        host = addr[0]
+        if not self.requests.allow(host):
             self.counters["ignored"] += 1
+            if self.requests.table.get(host) is not NEVER:  # NEVER: not a real source
+                self.counters["rate_limited"] += 1
+                self.held_back.dropped(host)
             return
+        if self.held_back.held:
+            self.held_back.let_through(host)
         self.counters["requests"] += 1
         try:
             request = parse(datagram)
@@ -200,7 +212,6 @@ class TFTPServer(DatagramProtocol):
             self._refuse(addr, ErrorCode.ILLEGAL_OPERATION, "mail mode is not supported")
             return
         limits = self.limits
-        host = addr[0]
         if (limits.max_sessions is not None and self.active >= limits.max_sessions) or (
             limits.max_sessions_per_client is not None
             and self.per_client.get(host, 0) >= limits.max_sessions_per_client
@@ -576,17 +587,25 @@ class Transfer(EngineSession):
             code, message = counters.error_code, counters.error_message
             stats = {"bytes": counters.bytes, "retransmits": counters.retransmits}
         negotiated = self.negotiated
+        direction = "read" if self.request.is_read else "write"
+        filename = self.request.filename
+        peer = f"{self.key[0]}:{self.key[1]}"
+        duration = self.reactor.seconds() - self._started
         self.log.info(
-            "tftp {direction} {filename!r} {peer}: {outcome}, {bytes} bytes in {duration:.3f}s",
-            direction="read" if self.request.is_read else "write",
-            filename=self.request.filename,
-            peer=f"{self.key[0]}:{self.key[1]}",
+            # The message comes ready-made: an observer that renders the format (as the
+            # JSON one does for every field in it) then renders one field, not six.
+            "{summary}",
+            summary=f"tftp {direction} {filename!r} {peer}: {outcome},"
+            f" {stats['bytes']} bytes in {duration:.3f}s",
+            direction=direction,
+            filename=filename,
+            peer=peer,
             mode=self.request.mode.value,
             options=dict(negotiated.oack_items()) if negotiated else {},
             outcome=outcome,
             error_code=code,
             error_message=message,
-            duration=self.reactor.seconds() - self._started,
+            duration=duration,
             # The process that ran the download, when not this one (TFTPServer.processes).
             process=self._report.pid if self._report is not None else None,
             **stats,
