@@ -11,6 +11,7 @@ import signal
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import attrs
 import pytest
 
+from netsvc.spin import IdleCpuCheck, Spinner, running_tasks
 from netsvc.tftp import downloader, lockstep
 from netsvc.tftp.downloader import (
     BOARD_SIZE,
@@ -29,6 +31,7 @@ from netsvc.tftp.downloader import (
 )
 from netsvc.tftp.engine import Outcome, RetransmitTimer
 from tests.interop_support import HOST
+from tests.test_spin import LOADAVG_TEXTS
 
 # pip install builds the C module wherever there is a C compiler: only without one may
 # these tests skip (downloads then run in Python alone, which the other tests cover).
@@ -294,6 +297,40 @@ def test_polling_or_not_the_bytes_are_the_same(
     result = serve(data, alone=alone, spin=True)
     assert bytes(result.client.received) == data
     assert result.report.stats.retransmits == 0
+
+
+@pytest.mark.parametrize(("text", "running"), LOADAVG_TEXTS)
+def test_the_c_loop_reads_loadavg_as_the_spinner_does(text: str, running: int | None) -> None:
+    assert lockstep._lockstep is not None
+    assert running_tasks(text) == running
+    assert lockstep._lockstep.running_tasks(text.encode()) == (-1 if running is None else running)
+
+
+@pytest.mark.parametrize("pump", [True, False], ids=["c-loop", "python-loop"])
+@pytest.mark.parametrize(("running", "polls"), [(1, True), (9, False)], ids=["free", "busy"])
+def test_a_download_polls_only_while_a_cpu_is_free(
+    serve: Callable[..., Result],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    pump: bool,
+    running: int,
+    polls: bool,
+) -> None:
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text(f"0.5 0.5 0.5 {running}/300 4242\n")
+    # Never pausing, so that every poll that finds nothing is counted as a miss.
+    spinner = Spinner(limit=1e-4, misses_allowed=10**9, idle_cpu=IdleCpuCheck(str(loadavg), 2))
+    monkeypatch.setattr(downloader, "useful_spinner", lambda: spinner)
+
+    def slow_client(sock: socket.socket, block: int, copy: int) -> bool:
+        time.sleep(0.002)  # later than any poll waits: each one is a miss
+        return True
+
+    data = payload(20 * 512 + 7)
+    result = serve(data, pump=pump, alone=True, spin=True, misbehave=slow_client)
+    assert bytes(result.client.received) == data
+    misses = spinner.export_state()[0]
+    assert (misses >= 10) if polls else (misses == 0), misses
 
 
 def test_sigterm_in_the_c_loop_ends_the_download_with_an_error(

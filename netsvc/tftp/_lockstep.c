@@ -8,15 +8,18 @@
  * (recv, send, waking the client), and with 50 clients on two CPUs that CPU is the time.
  *
  * Everything here mirrors the Python code it stands in for, which stays the reference:
- * RetransmitTimer.sample (netsvc/tftp/engine.py) for the timer, Spinner (netsvc/spin.py)
- * for polling before sleeping, drive_download's wait for the socket timeout. Tests check
- * the timer arithmetic against RetransmitTimer, and whole downloads (polling or not)
- * against the Python loop (tests/test_tftp_lockstep.py).
+ * RetransmitTimer.sample (netsvc/tftp/engine.py) for the timer, Spinner and IdleCpuCheck
+ * (netsvc/spin.py) for polling before sleeping (only while a CPU is free), drive_download's
+ * wait for the socket timeout. Tests check the timer arithmetic against RetransmitTimer,
+ * the /proc/loadavg reading against running_tasks, whole downloads (polling or not)
+ * against the Python loop, and that both loops poll only while the check says a CPU is
+ * free (tests/test_tftp_lockstep.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -32,6 +35,8 @@ enum { REASON_DATAGRAM = 0, REASON_WAKE = 1, REASON_READ = 2, INTERRUPTED = -1 }
 
 #define RECV_LIMIT 1024         /* as drive_download: an ACK is 4 bytes, ERRORs are short */
 #define LONGEST_WAIT_MS 60000   /* drive_download's _LONGEST_WAIT_MS */
+#define IDLE_CPU_INTERVAL 0.010 /* netsvc.spin.IDLE_CPU_INTERVAL */
+#define IDLE_CPU_PATH_LIMIT 256
 #define OPCODE_DATA 3
 #define OPCODE_ACK 4
 
@@ -46,6 +51,11 @@ typedef struct {
     double sent_at, srtt, rttvar, rto;
     int has_srtt;
     long waiting_ms, spin_misses, spin_pause, spin_next_pause;
+    /* IdleCpuCheck: its file ("": no check), CPU count, last answer and when it was read */
+    char idle_cpu_path[IDLE_CPU_PATH_LIMIT];
+    long idle_cpu_count;
+    double idle_cpu_checked_at;
+    int idle_cpu_verdict;
     /* out */
     long acked;
     double last_ack_at;
@@ -80,13 +90,68 @@ static void timer_sample(Pump *p, double rtt)
     p->rto = rto;
 }
 
+/* netsvc.spin.running_tasks: the running-task count of a /proc/loadavg text
+ * ("0.52 0.58 0.59 3/467 12345": 3), -1 for anything else. */
+static long running_tasks(const char *text)
+{
+    const char *c = text;
+    for (int field = 0; field < 4; field++) {
+        while (*c == ' ' || *c == '\t' || *c == '\n')
+            c++;
+        if (field == 3)
+            break;
+        if (*c == 0)
+            return -1;
+        while (*c != 0 && *c != ' ' && *c != '\t' && *c != '\n')
+            c++;
+    }
+    if (*c < '0' || *c > '9')
+        return -1;
+    long count = 0;
+    int digits = 0;
+    while (*c >= '0' && *c <= '9') {
+        if (++digits > 9)
+            return -1;
+        count = count * 10 + (*c++ - '0');
+    }
+    return *c == '/' ? count : -1;
+}
+
+/* IdleCpuCheck.__call__: whether a CPU is free for polling (at most as many running
+ * tasks as CPUs); the file is read at most every IDLE_CPU_INTERVAL, and an unreadable
+ * one means yes. */
+static int idle_cpu(Pump *p, double now)
+{
+    if (p->idle_cpu_path[0] == 0)
+        return 1;
+    if (now - p->idle_cpu_checked_at < IDLE_CPU_INTERVAL)
+        return p->idle_cpu_verdict;
+    p->idle_cpu_checked_at = now;
+    char text[128];
+    ssize_t n = -1;
+    int fd = open(p->idle_cpu_path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        n = read(fd, text, sizeof text - 1);
+        close(fd);
+    }
+    long running = -1;
+    if (n > 0) {
+        text[n] = 0;
+        running = running_tasks(text);
+    }
+    p->idle_cpu_verdict = running < 0 || running <= p->idle_cpu_count;
+    return p->idle_cpu_verdict;
+}
+
 /* Spinner.budget: seconds this wait may poll (0 while pausing after misses). */
-static double spin_budget(Pump *p)
+static double spin_budget(Pump *p, double now)
 {
     if (p->spin_pause) {
         p->spin_pause--;
         return 0.0;
     }
+    if (!idle_cpu(p, now))
+        return 0.0;
     return p->spin_limit;
 }
 
@@ -181,7 +246,7 @@ static int run(Pump *p, const unsigned char *board, unsigned char **flight,
         ssize_t n = -1;
         /* Poll first only while the server runs no other transfer (drive_download). */
         if (p->spin_limit > 0 && (board == NULL || board[0] <= 1)) {
-            double budget = spin_budget(p);
+            double budget = spin_budget(p, now);
             if (budget > wake - now)
                 budget = wake - now;
             if (budget > 0)
@@ -234,6 +299,25 @@ static int get_long(PyObject *o, const char *name, long *out)
     if (get_long_long(o, name, &v) < 0)
         return -1;
     *out = (long)v;
+    return 0;
+}
+
+/* A str attribute, UTF-8, into `buffer` (NUL-terminated). */
+static int get_text(PyObject *o, const char *name, char *buffer, size_t size)
+{
+    PyObject *v = PyObject_GetAttrString(o, name);
+    if (v == NULL)
+        return -1;
+    Py_ssize_t length;
+    const char *text = PyUnicode_Check(v) ? PyUnicode_AsUTF8AndSize(v, &length) : NULL;
+    if (text == NULL || (size_t)length >= size || strlen(text) != (size_t)length) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_ValueError, "%s must be a str shorter than %zu bytes", name, size);
+        Py_DECREF(v);
+        return -1;
+    }
+    memcpy(buffer, text, (size_t)length + 1);
+    Py_DECREF(v);
     return 0;
 }
 
@@ -290,8 +374,12 @@ static int load(PyObject *s, Pump *p)
         get_double(s, "rto", &p->rto) < 0 || get_long(s, "waiting_ms", &p->waiting_ms) < 0 ||
         get_long(s, "spin_misses", &p->spin_misses) < 0 ||
         get_long(s, "spin_pause", &p->spin_pause) < 0 ||
-        get_long(s, "spin_next_pause", &p->spin_next_pause) < 0)
+        get_long(s, "spin_next_pause", &p->spin_next_pause) < 0 ||
+        get_long(s, "idle_cpu_count", &p->idle_cpu_count) < 0 ||
+        get_text(s, "idle_cpu_path", p->idle_cpu_path, sizeof p->idle_cpu_path) < 0)
         return -1;
+    p->idle_cpu_checked_at = -INFINITY;
+    p->idle_cpu_verdict = 1;
     if (p->blksize < 8 || p->blksize > 65464) {
         PyErr_Format(PyExc_ValueError, "blksize out of range: %d", p->blksize);
         return -1;
@@ -434,9 +522,24 @@ static PyObject *timer_sample_py(PyObject *module, PyObject *args)
     return Py_BuildValue("(ddd)", p.srtt, p.rttvar, p.rto);
 }
 
+PyDoc_STRVAR(running_doc,
+             "running_tasks(text: bytes) -> int\n\n"
+             "The running-task count of a /proc/loadavg text as pump() reads it (-1: none),\n"
+             "for tests against netsvc.spin.running_tasks.");
+
+static PyObject *running_tasks_py(PyObject *module, PyObject *args)
+{
+    (void)module;
+    const char *text;
+    if (!PyArg_ParseTuple(args, "y:running_tasks", &text))
+        return NULL;
+    return PyLong_FromLong(running_tasks(text));
+}
+
 static PyMethodDef methods[] = {
     {"pump", pump, METH_VARARGS, pump_doc},
     {"timer_sample", timer_sample_py, METH_VARARGS, sample_doc},
+    {"running_tasks", running_tasks_py, METH_VARARGS, running_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -5,8 +5,8 @@ in one state: block N in flight, block N+1 read and packed, waiting for ACK N. I
 the engine's work for that state costs about as much CPU per block as the kernel's, and
 with many clients on few CPUs that CPU is the time. :func:`pump` runs the state in C
 (``netsvc.tftp._lockstep``): wait for the ACK (polling first as
-:class:`netsvc.spin.Spinner` would, then sleeping in ``recv`` until the engine's
-deadline), time it as :meth:`~netsvc.tftp.engine.RetransmitTimer.sample` would, send the
+:class:`netsvc.spin.Spinner` would, while its :class:`~netsvc.spin.IdleCpuCheck` says a
+CPU is free, then sleeping in ``recv`` until the engine's deadline), time it as :meth:`~netsvc.tftp.engine.RetransmitTimer.sample` would, send the
 next block, read the one after it from the file. Anything else goes back to the Python
 engine, which stays the only judge of what a datagram means:
 
@@ -83,6 +83,10 @@ class PumpState:
     spin_misses: int = 0
     spin_pause: int = 0
     spin_next_pause: int = 16
+    # The spinner's IdleCpuCheck, which the loop runs itself: its file ("": no check) and
+    # CPU count. The loop reads the file at most every netsvc.spin.IDLE_CPU_INTERVAL.
+    idle_cpu_path: str = ""
+    idle_cpu_count: int = 1
     acked: int = 0
     last_ack_at: float = 0.0
 
@@ -130,6 +134,9 @@ def pump(
         state.spin_misses_allowed = spinner.misses_allowed
         state.spin_longest_pause = spinner.longest_pause
         state.spin_misses, state.spin_pause, state.spin_next_pause = spinner.export_state()
+        if spinner.idle_cpu is not None:
+            state.idle_cpu_path = spinner.idle_cpu.path
+            state.idle_cpu_count = spinner.idle_cpu.cpus
     try:
         reason, datagram = _lockstep.pump(state, board)
     finally:
