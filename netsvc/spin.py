@@ -61,9 +61,9 @@ class IdleCpuCheck:
     Polling for an answer instead of sleeping pays only when the CPU it takes would
     otherwise be idle. Taken from a client, a load generator or another service, it
     slows them down: with 50 curl processes starting on two CPUs, a download polling
-    because it was the server's only one cost the whole burst 10-15 % (docs/benchmarks.rst,
-    sixth session). Reads :data:`LOADAVG` at most every ``interval`` seconds; where it
-    cannot be read, the answer is yes (spinning as before).
+    because it was the server's only one made the whole burst 3-13 % longer
+    (docs/benchmarks.rst, sixth session). Reads :data:`LOADAVG` at most every
+    ``interval`` seconds; where it cannot be read, the answer is yes (spinning as before).
     """
 
     def __init__(

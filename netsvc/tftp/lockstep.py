@@ -6,8 +6,9 @@ the engine's work for that state costs about as much CPU per block as the kernel
 with many clients on few CPUs that CPU is the time. :func:`pump` runs the state in C
 (``netsvc.tftp._lockstep``): wait for the ACK (polling first as
 :class:`netsvc.spin.Spinner` would, while its :class:`~netsvc.spin.IdleCpuCheck` says a
-CPU is free, then sleeping in ``recv`` until the engine's deadline), time it as :meth:`~netsvc.tftp.engine.RetransmitTimer.sample` would, send the
-next block, read the one after it from the file. Anything else goes back to the Python
+CPU is free, then sleeping in ``recv`` until the engine's deadline), time it as
+:meth:`~netsvc.tftp.engine.RetransmitTimer.sample` would, send the next block, read the
+one after it from the file. Anything else goes back to the Python
 engine, which stays the only judge of what a datagram means:
 
 * :attr:`Reason.DATAGRAM`: a datagram that is not the awaited ACK (a duplicate ACK, an
