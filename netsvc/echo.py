@@ -42,7 +42,7 @@ from netsvc.listening import (
     add_child,
     tcp_endpoint_description,
 )
-from netsvc.ratelimit import ALWAYS, NEVER, Admission, PerKeyRateLimiter
+from netsvc.ratelimit import ALWAYS, NEVER, Admission, HeldBackSources, PerKeyRateLimiter
 
 __all__ = [
     "ECHO_PORT",
@@ -322,6 +322,7 @@ class UDPEchoProtocol(DatagramProtocol):
     """Echo each datagram to its sender unless a guard says no (see module docstring)."""
 
     noisy = False
+    log = Logger()
 
     def __init__(self, reactor: IReactorTime, limits: EchoLimits = EchoLimits()) -> None:
         self.reactor = reactor
@@ -338,6 +339,11 @@ class UDPEchoProtocol(DatagramProtocol):
         )
         self._sources_table = self.sources.table
         self._clock = reactor.seconds
+        #: Sources the rate holds back, reported in the log (once when they start, once
+        #: when they are back under it).
+        self.held_back: HeldBackSources[str] = HeldBackSources(
+            self.log, "echo: UDP datagrams", reactor.seconds
+        )
         self.dropped = 0
         self.write_errors = 0
 
@@ -354,7 +360,11 @@ class UDPEchoProtocol(DatagramProtocol):
             admission.tokens -= 1.0
         elif not admission.take(self._clock):
             self.dropped += 1
+            if admission is not NEVER:  # NEVER: a source that is never answered anyway
+                self.held_back.dropped(addr[0])
             return
+        if self.held_back.held:
+            self.held_back.let_through(addr[0])
         try:
             self.transport.write(datagram, addr)  # type: ignore[union-attr]
         except OSError:

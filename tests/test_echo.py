@@ -9,6 +9,7 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 
 from netsvc.echo import (
     ECHO_PAUSE_AFTER,
@@ -302,3 +303,22 @@ def test_package_exposes_subpackages_lazily() -> None:
     assert netsvc.__version__
     with pytest.raises(AttributeError):
         netsvc.nonexistent  # noqa: B018
+
+
+def test_a_source_over_the_udp_rate_is_reported_once_and_when_it_is_back() -> None:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        protocol, transport, clock = udp_echo(EchoLimits(udp_rate=10, udp_burst=5))
+        for _ in range(50):
+            protocol.datagramReceived(b"x", ("192.0.2.1", 40000))
+        protocol.datagramReceived(b"x", ("255.255.255.255", 40000))  # never answered
+        reported = [e for e in events if "source" in e]
+        clock.advance(1)
+        protocol.datagramReceived(b"x", ("192.0.2.1", 40000))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [(e["source"], e["log_level"].name) for e in reported] == [("192.0.2.1", "warn")]
+    back = [e for e in events if "source" in e][1:]
+    assert [(e["source"], e["count"]) for e in back] == [("192.0.2.1", 45)]
+    assert len(transport.written) == 6
