@@ -1049,14 +1049,24 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def run_clients(
-    argvs: Sequence[list[str]], outputs: Sequence[Path], timeout: float
-) -> tuple[float, list[int | None]]:
-    """Start every client at once; wall time until the last exits, and the exit statuses.
+@dataclass
+class ClientsRun:
+    """What :func:`run_clients` saw: times from the first start, exit statuses, rusage."""
+
+    wall: float  # until the last client exited (or the timeout)
+    codes: list[int | None]  # exit statuses; None: killed at the timeout
+    launched: float = 0.0  # until the last client was started
+    exits: list[float] = field(default_factory=list)  # each exit, in the order seen
+    user: float = 0.0  # CPU seconds of the clients that exited, user and system
+    system: float = 0.0
+    sleeps: int = 0  # their voluntary context switches (waits for a packet asleep)
+
+
+def run_clients(argvs: Sequence[list[str]], outputs: Sequence[Path], timeout: float) -> ClientsRun:
+    """Start every client at once and wait until the last exits.
 
     A client still running after ``timeout`` is killed and its status is None.
     """
-    codes: list[int | None]
     logs = [open(str(out) + ".log", "wb") for out in outputs]  # noqa: SIM115 (closed below)
     procs: list[subprocess.Popen[bytes]] = []
     started = time.perf_counter()
@@ -1067,6 +1077,7 @@ def run_clients(
                     argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
                 )
             )
+        run = ClientsRun(wall=0.0, codes=[], launched=time.perf_counter() - started)
         # Wait on pidfds: Popen.wait(timeout) polls with sleeps of up to 50 ms, which would
         # quantize the wall time.
         waiting = {os.pidfd_open(proc.pid): index for index, proc in enumerate(procs)}
@@ -1077,15 +1088,25 @@ def run_clients(
         try:
             while waiting and (left := deadline - time.perf_counter()) > 0:
                 for fd, _ in poller.poll(left * 1000):
+                    run.exits.append(time.perf_counter() - started)
                     poller.unregister(fd)
                     os.close(fd)
                     del waiting[fd]
-            wall = time.perf_counter() - started
+            run.wall = time.perf_counter() - started
         finally:
             for fd in waiting:
                 os.close(fd)
         timed_out = set(waiting.values())
-        codes = [None if i in timed_out else proc.wait() for i, proc in enumerate(procs)]
+        for index, proc in enumerate(procs):
+            if index in timed_out:
+                run.codes.append(None)
+                continue
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            run.codes.append(proc.returncode)
+            run.user += usage.ru_utime
+            run.system += usage.ru_stime
+            run.sleeps += usage.ru_nvcsw
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -1093,7 +1114,7 @@ def run_clients(
                 proc.wait()
         for log_file in logs:
             log_file.close()
-    return wall, codes
+    return run
 
 
 def last_words(output: str) -> str:
@@ -1143,7 +1164,8 @@ def measure(
                 _remove(out)
             meter = GroupCpuMeter(server.proc.pid, use_taskstats)
             client_cpu = _children_cpu()
-            result.wall, codes = run_clients([client.argv(d) for d in downloads], outputs, timeout)
+            run = run_clients([client.argv(d) for d in downloads], outputs, timeout)
+            result.wall, codes = run.wall, run.codes
             time.sleep(SETTLE)
             result.client_cpu = _children_cpu() - client_cpu
             result.server_cpu = meter.stop()

@@ -40,9 +40,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
+import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -87,49 +86,23 @@ def cpu_times() -> tuple[float, float, float]:
 
 def run_burst(
     port: int, count: int, blksize: int, remote: str, out: Path
-) -> tuple[float, list[float], float, float, int, tuple[float, float, float]]:
-    """Start ``count`` curls at once: their start and exit times and rusage, and the
+) -> tuple[tb.ClientsRun, tuple[float, float, float]]:
+    """Start ``count`` curls at once (tftp_bench's run_clients): what they did, and the
     CPUs' idle, softirq and busy time until the last exit."""
-    times_before = cpu_times()
-    started = time.perf_counter()
-    procs = []
-    for index in range(count):
-        argv = [
+    argvs = [
+        [
             "curl", "-s", "-S", "-o", str(out / f"f{index}"), "--tftp-blksize", str(blksize),
             "-m", str(int(CLIENT_TIMEOUT)), f"tftp://{tb.HOST}:{port}/{remote}",
         ]
-        procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL))
-    launched = time.perf_counter() - started
-    exits: list[float] = []
-    user, system, sleeps = 0.0, 0.0, 0
-    pending = {os.pidfd_open(proc.pid): proc for proc in procs}
-    poller = select.poll()
-    for fd in pending:
-        poller.register(fd, select.POLLIN)
-    deadline = started + CLIENT_TIMEOUT + 5
-    try:
-        while pending and time.perf_counter() < deadline:
-            for fd, _ in poller.poll(1000):
-                exits.append(time.perf_counter() - started)
-                poller.unregister(fd)
-                os.close(fd)
-                proc = pending.pop(fd)
-                _, status, usage = os.wait4(proc.pid, 0)
-                proc.returncode = os.waitstatus_to_exitcode(status)
-                if proc.returncode != 0:
-                    raise tb.BenchError(f"curl exited with {proc.returncode}")
-                user += usage.ru_utime
-                system += usage.ru_stime
-                sleeps += usage.ru_nvcsw
-        machine = tuple(b - a for a, b in zip(times_before, cpu_times(), strict=True))
-        if pending:
-            raise tb.BenchError(f"{len(pending)} clients still running after the timeout")
-    finally:
-        for fd, proc in pending.items():
-            os.close(fd)
-            proc.kill()
-            proc.wait()
-    return launched, sorted(exits), user, system, sleeps, machine  # type: ignore[return-value]
+        for index in range(count)
+    ]
+    idle, softirq, busy = cpu_times()
+    run = tb.run_clients(argvs, [out / f"f{index}" for index in range(count)], CLIENT_TIMEOUT + 5)
+    idle_after, softirq_after, busy_after = cpu_times()
+    failed = [code for code in run.codes if code != 0]
+    if failed:
+        raise tb.BenchError(f"{len(failed)} clients failed (exit statuses {failed[:5]})")
+    return run, (idle_after - idle, softirq_after - softirq, busy_after - busy)
 
 
 def quantile(values: list[float], share: float) -> float:
@@ -161,40 +134,50 @@ def main() -> int:
     use_taskstats = os.geteuid() == 0
 
     work = Path(tempfile.mkdtemp(prefix="tftp-burst-"))
-    os.chmod(work, 0o755)  # tftpd-hpa serves as nobody
-    root = work / "root"
-    root.mkdir()
-    os.chmod(root, 0o755)
-    payload = tb.make_file(root, "payload", int(size_mib * tb.MIB))
-    probe = tb.make_file(root, "probe", 100)
-    out = work / "out"
-    out.mkdir()
-    tb.log(
-        f"TFTP burst anatomy: {clients} curl x {tb.format_size(payload.size)} at blksize"
-        f" {args.blksize}, {args.runs} rounds, servers {', '.join(names)}"
-    )
-    results: dict[str, list[Burst]] = {name: [] for name in names}
-    for round_number in range(1, args.runs + 1):
-        for name in names:
-            spec = tb.ServerSpec(name, commands[name])
-            with tb.running_server(spec, root, probe, work) as server:
-                meter = tb.GroupCpuMeter(server.proc.pid, use_taskstats)
-                launched, exits, user, system, sleeps, machine = run_burst(
-                    server.port, clients, args.blksize, payload.name, out
+    try:
+        os.chmod(work, 0o755)  # tftpd-hpa serves as nobody
+        root = work / "root"
+        root.mkdir()
+        os.chmod(root, 0o755)
+        payload = tb.make_file(root, "payload", int(size_mib * tb.MIB))
+        probe = tb.make_file(root, "probe", 100)
+        out = work / "out"
+        out.mkdir()
+        tb.log(
+            f"TFTP burst anatomy: {clients} curl x {tb.format_size(payload.size)} at blksize"
+            f" {args.blksize}, {args.runs} rounds, servers {', '.join(names)}"
+        )
+        results: dict[str, list[Burst]] = {name: [] for name in names}
+        for round_number in range(1, args.runs + 1):
+            for name in names:
+                spec = tb.ServerSpec(name, commands[name])
+                with tb.running_server(spec, root, probe, work) as server:
+                    meter = tb.GroupCpuMeter(server.proc.pid, use_taskstats)
+                    run, machine = run_burst(server.port, clients, args.blksize, payload.name, out)
+                    time.sleep(tb.SETTLE)  # the server's own ending work counts too
+                    burst = Burst(
+                        run.launched,
+                        sorted(run.exits),
+                        run.user,
+                        run.system,
+                        run.sleeps,
+                        meter.stop(),
+                        *machine,
+                    )
+                for index in range(clients):
+                    if tb.sha256_of(out / f"f{index}") != payload.sha256:
+                        raise tb.BenchError(f"{name}: client {index} got a wrong file")
+                results[name].append(burst)
+                tb.log(
+                    f"[{round_number}/{args.runs}] {name}: last exit {burst.exits[-1]:.3f}s"
+                    f" (started all by {burst.launched:.3f}s) curl {burst.curl_user:.2f}"
+                    f"+{burst.curl_system:.2f}s {burst.curl_sleeps} sleeps, server"
+                    f" {burst.server_cpu:.2f}s, softirq {burst.softirq:.2f}s,"
+                    f" CPUs idle {burst.idle:.2f}s, busy {burst.busy:.2f}s of which"
+                    f" {burst.unaccounted:.2f}s other"
                 )
-                time.sleep(tb.SETTLE)  # the server's own ending work counts too
-                burst = Burst(launched, exits, user, system, sleeps, meter.stop(), *machine)
-            for index in range(clients):
-                if tb.sha256_of(out / f"f{index}") != payload.sha256:
-                    raise tb.BenchError(f"{name}: client {index} got a wrong file")
-            results[name].append(burst)
-            tb.log(
-                f"[{round_number}/{args.runs}] {name}: last exit {burst.exits[-1]:.3f}s"
-                f" (started all by {launched:.3f}s) curl {user:.2f}+{system:.2f}s"
-                f" {sleeps} sleeps, server {burst.server_cpu:.2f}s, softirq {burst.softirq:.2f}s,"
-                f" CPUs idle {burst.idle:.2f}s, busy {burst.busy:.2f}s of which"
-                f" {burst.unaccounted:.2f}s other"
-            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
     median = statistics.median
     baseline = median(b.exits[-1] for b in results[names[0]])

@@ -14,9 +14,10 @@ interval of T seconds a key gets at most ``2 * burst + rate * T`` tokens, instea
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
-from twisted.logger import Logger
+if TYPE_CHECKING:  # only a type here: the buckets need no Twisted
+    from twisted.logger import Logger
 
 __all__ = ["ALWAYS", "NEVER", "Admission", "HeldBackSources", "PerKeyRateLimiter", "TokenBucket"]
 
