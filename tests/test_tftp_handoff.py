@@ -26,9 +26,14 @@ from netsvc.tftp.downloader import (
 from netsvc.tftp.engine import BlockSender, Outcome, TransferStats
 from netsvc.tftp.files import BackendError
 from netsvc.tftp.packets import ErrorCode
+from netsvc.tftp.server import SMALL_DOWNLOAD_BLOCKS
 from tests.interop_support import HOST, TFTPServer
 
 DATA = bytes(range(256)) * 5  # 1,280 bytes: blocks of 512, 512 and 256
+# The file the server-level tests download: 35 blocks of 512 (the last one 256 bytes),
+# more than a server serves itself (SMALL_DOWNLOAD_BLOCKS), so it is handed over.
+FILE = bytes(range(256)) * 69
+assert len(FILE) // 512 + 1 > SMALL_DOWNLOAD_BLOCKS
 
 
 def settings(**changes: object) -> SenderSettings:
@@ -277,7 +282,7 @@ def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
 
 
 def start_download(port: int) -> tuple[socket.socket, tuple[str, int]]:
-    """Request ``f`` and read DATA 1 without acknowledging it: the download waits."""
+    """Request ``f`` and read FILE 1 without acknowledging it: the download waits."""
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.bind((HOST, 0))
     client.settimeout(5)
@@ -290,7 +295,7 @@ def start_download(port: int) -> tuple[socket.socket, tuple[str, int]]:
 def finish_download(client: socket.socket, transfer: tuple[str, int]) -> bytes:
     received, block = b"", 1
     client.sendto(struct.pack("!HH", 4, 1), transfer)
-    received = DATA[:512]  # DATA 1 was read by start_download
+    received = FILE[:512]  # FILE 1 was read by start_download
     while True:
         datagram = client.recv(1024)
         opcode, number = struct.unpack("!HH", datagram[:4])
@@ -307,7 +312,7 @@ def finish_download(client: socket.socket, transfer: tuple[str, int]) -> bytes:
 def download_whole(port: int) -> None:
     client, transfer = start_download(port)
     try:
-        assert finish_download(client, transfer) == DATA
+        assert finish_download(client, transfer) == FILE
     finally:
         client.close()
 
@@ -319,7 +324,8 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., TFTPServer]]:
     def make(*flags: str) -> TFTPServer:
         root = tmp_path / "root"
         root.mkdir(exist_ok=True)
-        (root / "f").write_bytes(DATA)
+        (root / "f").write_bytes(FILE)
+        (root / "small").write_bytes(DATA)
         server = TFTPServer(root, tmp_path / f"twistd{len(started)}.log", *flags).start()
         started.append(server)
         return server
@@ -349,14 +355,43 @@ def test_a_download_runs_in_a_worker_of_the_helper_which_serves_the_next_one_too
     try:
         wait_for(lambda: len(children(helper)) == 1)
         (worker,) = children(helper)
-        assert finish_download(client, transfer) == DATA
+        assert finish_download(client, transfer) == FILE
     finally:
         client.close()
     download_whole(server.port)
     wait_for(lambda: len(server.events()) == 2)
     events = server.events()
-    assert [(e["outcome"], int(e["bytes"])) for e in events] == [("complete", len(DATA))] * 2
+    assert [(e["outcome"], int(e["bytes"])) for e in events] == [("complete", len(FILE))] * 2
     assert children(helper) == [worker]  # reused: no second worker was forked
+
+
+def test_a_small_download_is_served_by_the_server_itself(
+    make_server: Callable[..., TFTPServer],
+) -> None:
+    server, helper = start_with_spares(make_server, 0)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        client.bind((HOST, 0))
+        client.settimeout(5)
+        client.sendto(b"\x00\x01small\x00octet\x00", (HOST, server.port))
+        received, block = b"", 0
+        while True:
+            datagram, transfer = client.recvfrom(1024)
+            assert datagram[:2] == b"\x00\x03", datagram
+            (number,) = struct.unpack("!H", datagram[2:4])
+            if number == block + 1:
+                block, received = number, received + datagram[4:]
+            client.sendto(struct.pack("!HH", 4, block), transfer)
+            if number == block and len(datagram) < 516:
+                break
+    finally:
+        client.close()
+    assert received == DATA
+    wait_for(server.events)
+    assert [e["outcome"] for e in server.events()] == ["complete"]
+    assert children(helper) == []  # no worker was started for it
+    download_whole(server.port)  # while a bigger file gets one
+    assert len(children(helper)) == 1
 
 
 def test_spare_workers_are_ready_before_the_first_client(
@@ -377,8 +412,8 @@ def test_downloads_at_once_get_workers_of_their_own(
     second, second_transfer = start_download(server.port)
     try:
         wait_for(lambda: len(children(helper)) == 2)
-        assert finish_download(second, second_transfer) == DATA
-        assert finish_download(first, first_transfer) == DATA
+        assert finish_download(second, second_transfer) == FILE
+        assert finish_download(first, first_transfer) == FILE
     finally:
         first.close()
         second.close()
@@ -404,7 +439,7 @@ def test_stopping_the_server_stops_its_downloads_and_tells_their_clients(
         while True:
             datagram, source = client.recvfrom(1024)
             if datagram[:2] == b"\x00\x05":
-                break  # (DATA 1 may come again before the stop)
+                break  # (FILE 1 may come again before the stop)
         assert source == transfer
         assert datagram == b"\x00\x05\x00\x00server shutting down\x00"
         server.process.wait(timeout=10)

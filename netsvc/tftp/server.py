@@ -59,6 +59,7 @@ from netsvc.tftp.textmode import NetasciiReader, NetasciiWriter
 from netsvc.udpport import listen_udp_quietly
 
 __all__ = [
+    "SMALL_DOWNLOAD_BLOCKS",
     "SPARE_WORKERS",
     "TFTP_PORT",
     "TFTPServer",
@@ -72,6 +73,10 @@ DEFAULT_POLICY = ServerOptionPolicy()
 #: Download processes a server started by twistd keeps ready (``--spare-workers``): about
 #: 1.3 MB each when idle (docs/tftp-server.rst).
 SPARE_WORKERS = 32
+#: Downloads of at most this many blocks stay in the server process even when downloads
+#: run in processes of their own: handing one over (helper, worker, report pipe) costs
+#: about 0.5 ms of CPU, more than serving a few dozen blocks here (docs/tftp-server.rst).
+SMALL_DOWNLOAD_BLOCKS = 32
 #: Seconds a stopping server waits for downloads in processes of their own to end.
 STOP_GRACE = 5.0
 
@@ -160,6 +165,9 @@ class TFTPServer(DatagramProtocol):
         #: Download processes kept ready for the next downloads
         #: (:mod:`netsvc.tftp.workers`); more start when more downloads run at once.
         self.spare_workers = spare_workers
+        #: Downloads of at most this many blocks are served here all the same
+        #: (:data:`SMALL_DOWNLOAD_BLOCKS`; 0: every download that can be handed over is).
+        self.small_download_blocks = SMALL_DOWNLOAD_BLOCKS
         self.helper: DownloadHelper | None = None
         #: Address transfer sockets bind to: the listener's, so replies come from the
         #: address the client talked to whenever the listener is bound to one.
@@ -420,7 +428,8 @@ class Transfer(EngineSession):
     def _hand_to_process(self, reader: Any, settings: SenderSettings, text: bool) -> bool:
         """Run this download in a process of its own, if there is a helper; whether it does.
 
-        Only a regular file (a descriptor the worker receives, read synchronously) and a
+        Only a download of more than :attr:`TFTPServer.small_download_blocks` blocks of a
+        regular file (a descriptor the worker receives, read synchronously) and a
         socket connected to the client; anything else is served here. The worker polls
         awake for ACKs while no other transfer runs (``TFTPServer._publish_load``), where
         this server's sockets do.
@@ -429,6 +438,8 @@ class Transfer(EngineSession):
         helper = server.helper
         fd = reader.fileno() if isinstance(reader, FilesystemReader) else None
         if helper is None or peer_socket is None or fd is None or reader.size is None:
+            return False
+        if reader.size // settings.blksize + 1 <= server.small_download_blocks:
             return False
         max_duration = server.limits.max_duration
         if max_duration is not None:
