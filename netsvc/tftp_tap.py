@@ -144,8 +144,8 @@ TFTP_SPEC = ServiceSpec(
         ),
         Flag(
             "one-process",
-            "Serve downloads in this process too (by default each download of a file runs"
-            " in a process of its own, as in tftpd-hpa).",
+            "Serve downloads in this process too (by default each download of a file of"
+            " more than 32 blocks runs in a process of its own, as in tftpd-hpa).",
         ),
     ],
     build=build_tftp,

@@ -158,7 +158,8 @@ class TFTPServer(DatagramProtocol):
         self.backend = backend
         self.policy = policy
         self.limits = limits
-        #: Whether each download of a regular file runs in a process of its own
+        #: Whether each download of a regular file (bigger than
+        #: :attr:`small_download_blocks`) runs in a process of its own
         #: (:mod:`netsvc.tftp.downloader`), where the platform allows. Takes effect with
         #: :meth:`start_helper` (the service calls it when it starts).
         self.processes = processes and can_hand_off()
