@@ -34,6 +34,7 @@ Examples:
   .venv/bin/python bench/tftp_burst.py --runs 7               # 50 x 1 MiB at blksize 1468
   .venv/bin/python bench/tftp_burst.py --blksize 512 --runs 5
   .venv/bin/python bench/tftp_burst.py --steady --runs 5      # 20 x 8 MiB
+  .venv/bin/python bench/tftp_burst.py --clients 100 --size-kib 4 --runs 9  # small files
 """
 
 from __future__ import annotations
@@ -116,11 +117,14 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--clients", type=int, default=None, help="default 50 (--steady: 20)")
     parser.add_argument("--size-mib", type=float, default=None, help="default 1 (--steady: 8)")
+    parser.add_argument("--size-kib", type=int, default=None, help="instead of --size-mib")
     parser.add_argument("--blksize", type=int, default=1468)
     parser.add_argument("--steady", action="store_true", help="fewer, longer downloads")
     args = parser.parse_args()
     clients = args.clients or (20 if args.steady else 50)
     size_mib = args.size_mib or (8.0 if args.steady else 1.0)
+    if args.size_kib is not None:
+        size_mib = args.size_kib / 1024
     if not 1 <= clients <= 200 or not 0 < size_mib <= 64 or args.runs < 1:
         parser.error("need 1-200 clients, 0-64 MiB and at least one run")
     commands = dict(tb.BUILTIN_SERVERS)
