@@ -22,7 +22,13 @@ from netsvc.tapkit import (
 )
 from netsvc.tftp.backend import FilesystemBackend
 from netsvc.tftp.options import ServerOptionPolicy
-from netsvc.tftp.server import SPARE_WORKERS, TFTP_PORT, TFTPServerLimits, tftp_service
+from netsvc.tftp.server import (
+    SMALL_DOWNLOAD_BLOCKS,
+    SPARE_WORKERS,
+    TFTP_PORT,
+    TFTPServerLimits,
+    tftp_service,
+)
 from netsvc.udpport import socket_set_for
 
 _LIMITS = TFTPServerLimits()
@@ -145,7 +151,8 @@ TFTP_SPEC = ServiceSpec(
         Flag(
             "one-process",
             "Serve downloads in this process too (by default each download of a file of"
-            " more than 32 blocks runs in a process of its own, as in tftpd-hpa).",
+            f" more than {SMALL_DOWNLOAD_BLOCKS} blocks runs in a process of its own, as in"
+            " tftpd-hpa).",
         ),
     ],
     build=build_tftp,

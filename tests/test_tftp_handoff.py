@@ -282,7 +282,7 @@ def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
 
 
 def start_download(port: int) -> tuple[socket.socket, tuple[str, int]]:
-    """Request ``f`` and read FILE 1 without acknowledging it: the download waits."""
+    """Request ``f`` and read its DATA 1 without acknowledging it: the download waits."""
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.bind((HOST, 0))
     client.settimeout(5)
@@ -295,7 +295,7 @@ def start_download(port: int) -> tuple[socket.socket, tuple[str, int]]:
 def finish_download(client: socket.socket, transfer: tuple[str, int]) -> bytes:
     received, block = b"", 1
     client.sendto(struct.pack("!HH", 4, 1), transfer)
-    received = FILE[:512]  # FILE 1 was read by start_download
+    received = FILE[:512]  # its DATA 1 was read by start_download
     while True:
         datagram = client.recv(1024)
         opcode, number = struct.unpack("!HH", datagram[:4])
