@@ -208,6 +208,64 @@ def test_lockstep_sender_ignores_duplicate_acks_sorcerers_apprentice() -> None:
     assert sent == [encode_data(1, b"a" * 512), encode_data(2, b"b" * 512)]
 
 
+def _lockstep_after_samples() -> tuple[BlockSender, list[bytes]]:
+    """A lock-step sender of 10 full blocks whose first 3 ACKs came after 1 ms each:
+    its timer is at its floor (5 ms), block 4 in flight since t=0.003."""
+    sent: list[bytes] = []
+    data = iter([bytes(512)] * 10 + [b""])
+    timer = RetransmitTimer(initial=1.0, minimum=0.005, maximum=2.0)
+    sender = BlockSender(sent.append, lambda n: next(data), now=0.0, timer=timer)
+    for block in (1, 2, 3):
+        sender.on_ack(block, block * 0.001)
+    assert timer.rto == timer.minimum == 0.005
+    return sender, sent
+
+
+def test_a_late_ack_after_a_timeout_raises_the_timers_floor() -> None:
+    sender, sent = _lockstep_after_samples()
+    sender.on_timeout(0.008)  # block 4 was only late: the peer will get it twice
+    assert [struct.unpack("!HH", d[:4])[1] for d in sent[-2:]] == [4, 5]
+    sender.on_ack(4, 0.023)  # the ACK of the first copy, 20 ms after it was sent
+    sender.on_ack(4, 0.024)  # and of the second: the timeout was spurious
+    assert sender.timer.minimum == pytest.approx(0.040)  # twice the delay
+    assert sender.timer.rto >= 0.040
+    assert sender.outcome is None and len(sent) == 6  # no packet for the duplicate
+
+
+@pytest.mark.parametrize(
+    "acks",
+    [
+        [(4, 0.023)],  # a real loss: the block arrived once, one ACK
+        [(4, 0.023), (4, 0.060)],  # a duplicate long after: the peer's own timer
+        [(3, 0.009)],  # a duplicate of an older block
+    ],
+    ids=["lost", "peer-timer", "older-block"],
+)
+def test_other_acks_after_a_timeout_leave_the_floor(acks: list[tuple[int, float]]) -> None:
+    sender, _ = _lockstep_after_samples()
+    sender.on_timeout(0.008)
+    for block, when in acks:
+        sender.on_ack(block, when)
+    assert sender.timer.minimum == 0.005
+
+
+def test_a_block_sent_three_times_tells_nothing() -> None:
+    sender, _ = _lockstep_after_samples()
+    sender.on_timeout(0.008)
+    sender.on_timeout(0.030)  # retransmitted again: two ACKs prove nothing about the first
+    sender.on_ack(4, 0.031)
+    sender.on_ack(4, 0.032)
+    assert sender.timer.minimum == 0.005
+
+
+def test_without_a_timeout_a_duplicate_ack_leaves_the_floor() -> None:
+    sender, _ = _lockstep_after_samples()
+    sender.on_ack(3, 0.004)
+    sender.on_ack(4, 0.005)
+    sender.on_ack(4, 0.006)
+    assert sender.timer.minimum == 0.005
+
+
 def test_windowed_sender_rewinds_once_per_ack_value() -> None:
     sent: list[bytes] = []
     data = bytes(512 * 10)

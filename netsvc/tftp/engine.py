@@ -21,9 +21,11 @@ What the engines guarantee:
   after the final block it dallies (stays to re-acknowledge a retransmitted last block).
 * Retransmission is adaptive (RFC 1123 4.2.3.2): each transfer estimates its round-trip
   time like TCP (SRTT/RTTVAR, RFC 6298, with Karn's rule: no sample from a retransmitted
-  block), so a loss on a LAN costs milliseconds. Timeouts back off exponentially up to
-  the timer's ``maximum``, and a transfer that makes no progress for ``give_up_after``
-  seconds (or, if set, retransmits ``max_retries`` times in a row) fails.
+  block), so a loss on a LAN costs milliseconds. A lock-step sender that finds a timeout
+  was spurious (the resent block acknowledged twice) raises its timer's floor to twice
+  the delay it saw. Timeouts back off exponentially up to the timer's ``maximum``, and
+  a transfer that makes no progress for ``give_up_after`` seconds (or, if set,
+  retransmits ``max_retries`` times in a row) fails.
 * Data is acknowledged only after the sink has written it (the sink may finish later:
   :meth:`BlockReceiver.write_done`).
 """
@@ -165,6 +167,16 @@ class RetransmitTimer:
         """Double the timeout (up to ``maximum``) after a retransmission."""
         if self.rto < self.maximum:  # past the cap, more backoff would only take longer to undo
             self.backoff *= 2
+            self._update()
+
+    def raise_floor(self, delay: float) -> None:
+        """A timeout turned out to be spurious: an ACK took ``delay`` seconds and came
+        after all. The timer never fires sooner than twice that again (up to
+        ``maximum``); the samples of a quick path would otherwise pull it back under the
+        delays the peer or this machine (a CPU shared by many transfers) really has."""
+        floor = min(2 * delay, self.maximum)
+        if floor > self.minimum:
+            self.minimum = floor
             self._update()
 
     def _update(self) -> None:
@@ -316,6 +328,11 @@ class BlockSender(_Engine):
         # When each window block was first sent; -1.0 once it has been sent again, since
         # an ACK for a retransmitted block cannot be timed (Karn's rule).
         self._sent_at: list[float] = []
+        # Lock-step: the block a timeout retransmitted, when it was first sent, and when
+        # its first ACK came (see _check_spurious).
+        self._suspect_block = -1
+        self._suspect_sent_at = 0.0
+        self._suspect_acked_at: float | None = None
         if preamble is not None:
             self._window.append(preamble)  # alone: data waits for its ACK 0
         else:
@@ -419,6 +436,8 @@ class BlockSender(_Engine):
         if acked >= base:
             done = acked - base + 1
             sent_at = self._sent_at[done - 1]
+            if acked == self._suspect_block and self._suspect_acked_at is None:
+                self._suspect_acked_at = now
             # Time only ACKs the receiver sends at once: the one for the last block sent.
             # A partial ACK may have waited for the receiver's own timer.
             if sent_at >= 0 and acked == sent_end:
@@ -448,7 +467,26 @@ class BlockSender(_Engine):
             # Rewind once per ACK value, so duplicated ACKs cannot multiply traffic.
             self._rewind(acked, base)
             self._transmit(now)
-        # Lock-step duplicate ACK: ignore it (Sorcerer's Apprentice).
+        elif acked == self._suspect_block:
+            # Lock-step duplicate ACK: never a retransmission (Sorcerer's Apprentice), but
+            # perhaps a sign that the last timeout was spurious.
+            self._check_spurious(now)
+
+    def _check_spurious(self, now: float) -> None:
+        """A second ACK of the block a timeout retransmitted: the peer got that block
+        twice, so the first copy was not lost, only late, and its first ACK took
+        ``acked_at - sent_at``. On a CPU shared by many transfers such delays come and
+        go, and every spurious timeout costs packets and work on both sides: the timer
+        learns the delay (:meth:`RetransmitTimer.raise_floor`). A duplicate that comes
+        later than that delay again is more likely the peer's own timer, and is ignored.
+        """
+        acked_at = self._suspect_acked_at
+        if acked_at is not None:
+            delay = acked_at - self._suspect_sent_at
+            if now - acked_at <= delay:
+                self.timer.raise_floor(delay)
+        self._suspect_block = -1
+        self._suspect_acked_at = None
 
     def _next_lockstep_block(self, acked: int, datagram: bytes, now: float) -> None:
         """Windowsize 1, block ``acked`` (not the last) acknowledged and the next one's
@@ -570,6 +608,12 @@ class BlockSender(_Engine):
         self._rewound_at = -1
         self._next = self._base
         if self._lockstep:
+            if self._sent_at[0] >= 0:  # its first retransmission: it may be only late
+                self._suspect_block = self._base
+                self._suspect_sent_at = self._sent_at[0]
+                self._suspect_acked_at = None
+            else:
+                self._suspect_block = -1  # sent three times or more: no telling
             self._send_next_block_too()
         self._transmit(now)
 
