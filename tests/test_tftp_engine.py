@@ -266,6 +266,36 @@ def test_without_a_timeout_a_duplicate_ack_leaves_the_floor() -> None:
     assert sender.timer.minimum == 0.005
 
 
+def test_a_window_goes_to_send_many_in_one_call() -> None:
+    single: list[bytes] = []
+    windows: list[list[bytes]] = []
+    data = iter([bytes([n]) * 512 for n in range(1, 5)] + [b""])  # blocks 1-5
+    sender = BlockSender(
+        single.append, lambda n: next(data), now=0.0, windowsize=4, send_many=windows.append
+    )
+
+    def numbers(datagrams: list[bytes]) -> list[int]:
+        return [struct.unpack("!HH", d[:4])[1] for d in datagrams]
+
+    assert single == [] and [numbers(w) for w in windows] == [[1, 2, 3, 4]]
+    sender.on_timeout(1.5)  # the whole window again, in one call
+    assert [numbers(w) for w in windows] == [[1, 2, 3, 4]] * 2 and single == []
+    sender.on_ack(4, 1.6)  # one block left: it goes through send
+    assert numbers(single) == [5] and len(windows) == 2
+    sender.on_ack(5, 1.7)
+    assert sender.outcome is Outcome.COMPLETE
+
+
+def test_lockstep_never_uses_send_many() -> None:
+    windows: list[list[bytes]] = []
+    sent: list[bytes] = []
+    data = iter([bytes(512)] * 3 + [b""])
+    sender = BlockSender(sent.append, lambda n: next(data), now=0.0, send_many=windows.append)
+    for block in (1, 2, 3, 4):
+        sender.on_ack(block, block * 0.001)
+    assert sender.outcome is Outcome.COMPLETE and len(sent) == 4 and windows == []
+
+
 def test_windowed_sender_rewinds_once_per_ack_value() -> None:
     sent: list[bytes] = []
     data = bytes(512 * 10)

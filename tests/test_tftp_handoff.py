@@ -167,6 +167,19 @@ def test_the_child_serves_the_file_to_the_end(
     assert engine.outcome is Outcome.COMPLETE and engine.stats.bytes == len(DATA)
 
 
+def test_the_child_sends_a_window_at_once(pair: tuple[socket.socket, socket.socket]) -> None:
+    server, client = pair
+    finished = in_thread(
+        lambda: drive_download(job(windowsize=4), server, io.BytesIO(DATA).read)
+    )
+    blocks = [client.recv(1024) for _ in range(3)]  # the whole file is one window
+    assert [struct.unpack("!HH", b[:4]) for b in blocks] == [(3, 1), (3, 2), (3, 3)]
+    client.send(struct.pack("!HH", 4, 3))
+    engine = finished()
+    assert b"".join(b[4:] for b in blocks) == DATA
+    assert engine.outcome is Outcome.COMPLETE
+
+
 class CountingSpinner(Spinner):
     def __init__(self) -> None:
         super().__init__()

@@ -45,6 +45,27 @@ def test_the_c_module_is_built() -> None:
     assert lockstep.available, "reinstall: pip install -e '.[dev]' builds netsvc.tftp._lockstep"
 
 
+def test_send_all_sends_a_window_in_order() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with ours, theirs:
+        theirs.settimeout(5)
+        window = [struct.pack("!HH", 3, block) + bytes([block]) * 512 for block in range(1, 71)]
+        assert lockstep.send_all is not None
+        assert lockstep.send_all(ours.fileno(), window) == 70  # more than one sendmmsg batch
+        assert [theirs.recv(1024) for _ in window] == window
+        assert lockstep.send_all(ours.fileno(), []) == 0
+        with pytest.raises(TypeError):
+            lockstep.send_all(ours.fileno(), [b"ok", "not bytes"])  # type: ignore[list-item]
+
+
+def test_send_all_stops_at_the_first_datagram_that_fails() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with ours:
+        theirs.close()  # nobody to send to: the first send fails
+        assert lockstep.send_all is not None
+        assert lockstep.send_all(ours.fileno(), [b"a", b"b"]) == 0
+
+
 def test_the_timer_arithmetic_is_the_python_timers() -> None:
     randomness = random.Random(7)
     for _ in range(200):

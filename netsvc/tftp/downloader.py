@@ -18,6 +18,7 @@ Nothing here imports Twisted.
 
 from __future__ import annotations
 
+import functools
 import math
 import mmap
 import os
@@ -75,13 +76,18 @@ class SenderSettings:
     first_contact_retries: int
 
     def new_sender(
-        self, send: Callable[[bytes], None], read: Callable[[int], bytes | None], now: float
+        self,
+        send: Callable[[bytes], None],
+        read: Callable[[int], bytes | None],
+        now: float,
+        send_many: Callable[[list[bytes]], object] | None = None,
     ) -> BlockSender:
         """The engine (it sends its first packet at once)."""
         return BlockSender(
             send,
             read,
             now=now,
+            send_many=send_many,
             blksize=self.blksize,
             windowsize=self.windowsize,
             timer=RetransmitTimer(self.initial_rto, self.min_rto, self.max_rto),
@@ -283,7 +289,11 @@ def drive_download(
         except OSError:
             return None  # nothing yet (EAGAIN), or an ICMP error about a send
 
-    engine = job.sender.new_sender(send, read_block, clock())
+    # A window in one system call (sendmmsg) rather than one per block.
+    send_many: Callable[[list[bytes]], object] | None = None
+    if lockstep.send_all is not None and job.sender.windowsize > 1:
+        send_many = functools.partial(lockstep.send_all, peer_socket.fileno())
+    engine = job.sender.new_sender(send, read_block, clock(), send_many)
     stop_at = math.inf if job.max_duration is None else clock() + job.max_duration
     setsockopt = peer_socket.setsockopt
     waiting_ms = 0

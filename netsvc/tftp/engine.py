@@ -286,7 +286,9 @@ class BlockSender(_Engine):
     or ``None`` when an asynchronous source has nothing yet: the caller then calls
     :meth:`resume` once it has.
     ``preamble``, when given, is a datagram sent first and acknowledged by ACK 0 (the
-    server's OACK in answer to an RRQ with options).
+    server's OACK in answer to an RRQ with options). ``send_many``, when given, sends a
+    list of datagrams in order at once (a window), with the same effect as ``send`` on
+    each.
     """
 
     def __init__(
@@ -302,6 +304,7 @@ class BlockSender(_Engine):
         max_retries: int | None = None,
         give_up_after: float = 30.0,
         first_contact_retries: int = 5,
+        send_many: Callable[[list[bytes]], object] | None = None,
     ) -> None:
         super().__init__(
             send,
@@ -314,6 +317,7 @@ class BlockSender(_Engine):
             first_contact_retries=first_contact_retries,
         )
         self.read = read
+        self.send_many = send_many
         # Absolute block numbers (never wrapped); the wire carries them modulo 65536.
         self._window: list[bytes] = []  # datagrams of blocks base .. base+len-1
         # Built ahead of their turn: blocks base+len(window) .. (see _stage)
@@ -392,10 +396,15 @@ class BlockSender(_Engine):
         sent_at = self._sent_at
         first_new = base + len(sent_at)
         first = self._next - base
-        # One send per datagram: measured against atftp (windowsize 16 and 64), a window
-        # sent with UDP segmentation offload (one sendmsg) arrived later than this.
-        for index in range(first, len(window)):
-            send(window[index])
+        # One datagram per send, or per message of one sendmmsg (send_many): measured
+        # against atftp (windowsize 16 and 64), a window sent with UDP segmentation
+        # offload (one sendmsg, one large datagram cut by the kernel) arrived later.
+        send_many = self.send_many
+        if send_many is not None and len(window) - first > 1:
+            send_many(window[first:])
+        else:
+            for index in range(first, len(window)):
+                send(window[index])
         for index in range(self._next - base, min(first_new - base, len(window))):
             sent_at[index] = -1.0
         sent_at.extend([now] * (len(window) - len(sent_at)))
