@@ -20,6 +20,11 @@ alternating, medians of --runs):
              the clients' and the server's figures
   other      the CPUs' busy time that was neither the clients nor the server: the load
              generator, kernel threads, other tenants of the machine
+  dgrams     UDP datagrams sent per download, both directions (/proc/net/snmp
+             OutDatagrams; every datagram of the network namespace counts): at blksize
+             1468, 1 MiB is 715 blocks, so ~1,433 with no loss; the rest are
+             retransmissions, by the server's timer or the client's
+  drops      datagrams dropped for a full receive buffer (RcvbufErrors)
   idle       CPU-seconds the CPUs had nothing to run: time lost to waiting, not to work
 
 ``--steady`` runs fewer, longer downloads instead (default 20 x 8 MiB): the starting
@@ -66,6 +71,8 @@ class Burst:
     idle: float  # CPU-seconds no CPU had anything to run, from the first start to the last exit
     softirq: float  # CPU-seconds of softirq work (packet delivery), see the module docstring
     busy: float  # CPU-seconds all CPUs worked, on anything (this machine's other tenants too)
+    datagrams: int  # UDP datagrams sent during the burst, by anyone
+    drops: int  # UDP datagrams dropped for a full receive buffer
 
     @property
     def unaccounted(self) -> float:
@@ -85,11 +92,19 @@ def cpu_times() -> tuple[float, float, float]:
     return idle / tb.CLK_TCK, softirq / tb.CLK_TCK, (sum(ticks) - idle) / tb.CLK_TCK
 
 
+def udp_counters() -> tuple[int, int]:
+    """UDP datagrams sent and dropped for a full receive buffer, since boot (/proc/net/snmp)."""
+    with open("/proc/net/snmp") as f:
+        names, values = [line.split() for line in f if line.startswith("Udp:")][:2]
+    fields = dict(zip(names[1:], map(int, values[1:]), strict=True))
+    return fields["OutDatagrams"], fields["RcvbufErrors"]
+
+
 def run_burst(
     port: int, count: int, blksize: int, remote: str, out: Path
-) -> tuple[tb.ClientsRun, tuple[float, float, float]]:
-    """Start ``count`` curls at once (tftp_bench's run_clients): what they did, and the
-    CPUs' idle, softirq and busy time until the last exit."""
+) -> tuple[tb.ClientsRun, tuple[float, float, float, int, int]]:
+    """Start ``count`` curls at once (tftp_bench's run_clients): what they did, the CPUs'
+    idle, softirq and busy time, and the UDP datagrams sent and dropped until the last exit."""
     argvs = [
         [
             "curl", "-s", "-S", "-o", str(out / f"f{index}"), "--tftp-blksize", str(blksize),
@@ -98,12 +113,20 @@ def run_burst(
         for index in range(count)
     ]
     idle, softirq, busy = cpu_times()
+    sent, dropped = udp_counters()
     run = tb.run_clients(argvs, [out / f"f{index}" for index in range(count)], CLIENT_TIMEOUT + 5)
     idle_after, softirq_after, busy_after = cpu_times()
+    sent_after, dropped_after = udp_counters()
     failed = [code for code in run.codes if code != 0]
     if failed:
         raise tb.BenchError(f"{len(failed)} clients failed (exit statuses {failed[:5]})")
-    return run, (idle_after - idle, softirq_after - softirq, busy_after - busy)
+    return run, (
+        idle_after - idle,
+        softirq_after - softirq,
+        busy_after - busy,
+        sent_after - sent,
+        dropped_after - dropped,
+    )
 
 
 def quantile(values: list[float], share: float) -> float:
@@ -178,7 +201,8 @@ def main() -> int:
                     f"+{burst.curl_system:.2f}s {burst.curl_sleeps} sleeps, server"
                     f" {burst.server_cpu:.2f}s, softirq {burst.softirq:.2f}s,"
                     f" CPUs idle {burst.idle:.2f}s, busy {burst.busy:.2f}s of which"
-                    f" {burst.unaccounted:.2f}s other"
+                    f" {burst.unaccounted:.2f}s other, {burst.datagrams / clients:.0f}"
+                    f" datagrams per download, {burst.drops} dropped"
                 )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -190,7 +214,8 @@ def main() -> int:
     tb.log(
         f"{'server':10s} {'last exit':>9s} {'x':>5s} {'launched':>8s} {'exit50%':>7s}"
         f" {'exit80%':>7s} {'tail':>6s} {'curl usr':>8s} {'curl sys':>8s} {'sleeps':>6s}"
-        f" {'srv cpu':>7s} {'softirq':>7s} {'other':>5s} {'idle':>5s}"
+        f" {'srv cpu':>7s} {'softirq':>7s} {'other':>5s} {'idle':>5s} {'dgrams':>6s}"
+        f" {'drops':>5s}"
     )
     summary = []
     for name, bursts in results.items():
@@ -207,17 +232,21 @@ def main() -> int:
             "idle": median(b.idle for b in bursts),
             "softirq": median(b.softirq for b in bursts),
             "other": median(b.unaccounted for b in bursts),
+            "datagrams": median(b.datagrams / clients for b in bursts),
+            "drops": median(b.drops for b in bursts),
         }
         tb.log(
             f"{name:10s} {last:9.3f} {last / baseline:5.2f} {row['launched']:8.3f}"
             f" {row['exit50']:7.3f} {row['exit80']:7.3f} {row['tail']:6.3f} {row['user']:8.3f}"
             f" {row['system']:8.3f} {row['sleeps']:6.0f} {row['server']:7.3f}"
             f" {row['softirq']:7.3f} {row['other']:5.2f} {row['idle']:5.2f}"
+            f" {row['datagrams']:6.0f} {row['drops']:5.0f}"
         )
         summary.append(
             f"{name}=last {last:.3f}s x{last / baseline:.2f} tail {row['tail']:.3f}s"
             f" curl {row['user']:.2f}+{row['system']:.2f}s sleeps {row['sleeps']:.0f}"
             f" server {row['server']:.2f}s idle {row['idle']:.2f}s"
+            f" datagrams/download {row['datagrams']:.0f}"
         )
     what = f"{clients}x{tb.format_size(payload.size)} b{args.blksize}"
     tb.log(f"SUMMARY tftp_burst {what} | " + " | ".join(summary))

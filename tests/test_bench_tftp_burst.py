@@ -28,6 +28,9 @@ def test_a_small_burst_is_measured_and_summarised() -> None:
     [row] = [line for line in lines if line.startswith("netsvc ")]
     last_exit, ratio = row.split()[1:3]
     assert float(last_exit) > 0 and ratio == "1.00"
+    # 256 KiB at 1468 is 179 DATA blocks and as many ACKs: the datagram count sees them.
+    datagrams, drops = row.split()[-2:]
+    assert 2 * 179 <= float(datagrams) < 10 * 179 and int(drops) >= 0
 
 
 def test_bad_arguments_are_refused() -> None:
