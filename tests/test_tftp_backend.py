@@ -337,6 +337,8 @@ def test_missing_files(root: Path) -> None:
         "del\x7f",
         "c1\x9b31m",
         "nel\x85",
+        b"raw-c1\x9b31m".decode("utf-8", "surrogateescape"),  # 0x9b as a byte, not UTF-8
+        b"raw-nel\x85".decode("utf-8", "surrogateescape"),
         ".x.0123456789ab" + TEMP_SUFFIX,
         "sub/.f.abcdef012345" + TEMP_SUFFIX,
     ],

@@ -341,8 +341,9 @@ class MemoryWriter:
 
 # -- filesystem ------------------------------------------------------------------------------
 
-# Control characters: C0, DEL and C1 (as decoded code points; escaped bytes are U+DC80..).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# Control characters: C0, DEL and C1, whether C1 came as UTF-8 or as raw bytes 0x80-0x9f,
+# which decode to the lone surrogates U+DC80-U+DC9F (0x9b alone is a terminal's CSI).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\udc80-\udc9f]")
 _TEMP_NAME = re.compile(
     rb"\A\..*\.[0-9a-f]{12}" + re.escape(TEMP_SUFFIX.encode("ascii")) + rb"\Z", re.DOTALL
 )
