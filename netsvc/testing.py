@@ -56,6 +56,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netsvc.destination import Destination
+
 __all__ = [
     "EPHEMERAL_PORT_RANGE",
     "MAX_UDP_PAYLOAD_IPV4",
@@ -276,6 +278,9 @@ class FakeUDPPort:
     :ivar maxPacketSize: received datagrams are truncated to this many bytes.
     :ivar addressFamily: ``socket.AF_INET`` or ``socket.AF_INET6``.
     :ivar listening: true between ``startListening`` and ``stopListening``.
+    :ivar destination: while ``datagramReceived`` runs, where that datagram was sent
+        (as :class:`netsvc.udpport.ListeningUDPPort` reports it): a broadcast one is
+        marked so.
     """
 
     def __init__(
@@ -298,6 +303,7 @@ class FakeUDPPort:
         self._connected_addr: _Address | None = None
         self._connected_peer: tuple[_IP, int] | None = None
         self._write_fault: _WriteFault | None = None
+        self.destination: Destination | None = None
         self.addressFamily: socket.AddressFamily
         self._host: str  # what getsockname() would show
         self._scope: _Scope
@@ -957,7 +963,7 @@ class FakeUDPReactor(MemoryReactorClock):
                 self.stats.undeliverable += 1
             for receiver in receivers:
                 for delay in self._fate(conditions):
-                    self.callLater(delay, self._deliver, receiver, data, src, src_port)
+                    self.callLater(delay, self._deliver, receiver, data, src, src_port, dst)
         else:
             for delay in self._fate(conditions):
                 self.callLater(delay, self._arrive, port, data, src, src_port, dst, number)
@@ -997,14 +1003,16 @@ class FakeUDPReactor(MemoryReactorClock):
         """A unicast datagram reaches its destination address: find who listens now."""
         receiver = self._receiver(dst, number)
         if receiver is not None:
-            self._deliver(receiver, data, src, src_port)
+            self._deliver(receiver, data, src, src_port, dst)
             return
         self.stats.undeliverable += 1
         # ICMP port unreachable: reported to connected sockets only (Linux, Twisted).
         if sender.listening and sender._connected_peer == (dst, number):
             sender.protocol.connectionRefused()  # type: ignore[no-untyped-call]
 
-    def _deliver(self, receiver: FakeUDPPort, data: bytes, src: _IP, src_port: int) -> None:
+    def _deliver(
+        self, receiver: FakeUDPPort, data: bytes, src: _IP, src_port: int, dst: _IP
+    ) -> None:
         if not receiver.listening or (
             receiver._connected_peer is not None and receiver._connected_peer != (src, src_port)
         ):
@@ -1015,6 +1023,12 @@ class FakeUDPReactor(MemoryReactorClock):
             self.stats.truncated += 1
         self.stats.delivered += 1
         addr = (_show(src, receiver.addressFamily), src_port)
+        written = _show(dst, receiver.addressFamily)
+        receiver.destination = (
+            Destination(written, "", True)
+            if self._is_broadcast(dst)
+            else Destination.classify(written)
+        )
         try:
             receiver.protocol.datagramReceived(data, addr)
         except Exception:

@@ -38,15 +38,18 @@ from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from netsvc.destination import CONTROL_SPACE, Destination, destination_of, request_destinations
 from netsvc.sockopts import grow_receive_buffer
 from netsvc.spin import Spinner, useful_spinner
 
 __all__ = [
     "UDP_MAX_PACKET_SIZE",
+    "ListeningUDPPort",
     "QuietUDPPort",
     "SocketSet",
     "connect_peer_socket",
     "listen_udp_quietly",
+    "listen_udp_with_destinations",
     "socket_set_for",
 ]
 
@@ -77,6 +80,11 @@ class QuietUDPPort(udp.Port):
     coalescing = False
     #: The set that watches this port instead of the reactor (see :class:`SocketSet`).
     socket_set: SocketSet | None = None
+    #: Whether reads ask for each datagram's destination (see :class:`ListeningUDPPort`).
+    reports_destinations = False
+    #: Where the datagram being delivered was sent, while ``reports_destinations``
+    #: (``None``: the kernel did not say).
+    destination: Destination | None = None
 
     def __init__(
         self, port: int, protocol: DatagramProtocol, interface: str, size: int, reactor: object
@@ -85,6 +93,11 @@ class QuietUDPPort(udp.Port):
 
     def startListening(self) -> None:
         udp.Port.startListening(self)
+
+    def createInternetSocket(self) -> socket.socket:
+        skt: socket.socket = udp.Port.createInternetSocket(self)
+        _allow_ipv4(skt)
+        return skt
 
     def _bindSocket(self) -> None:
         try:
@@ -145,18 +158,22 @@ class QuietUDPPort(udp.Port):
         grow_receive_buffer(self.socket, size)
 
     def doRead(self) -> None:
-        # udp.Port.doRead, plus coalesced reads: recvmsg, then the split.
+        # udp.Port.doRead, plus coalesced reads and destinations: recvmsg, then the split.
         read = 0
         ipv6 = self.addressFamily == socket.AF_INET6
+        destinations = self.reports_destinations
         while read < self.maxThroughput:
             segment = 0
             try:
-                if self.coalescing:
+                if self.coalescing or destinations:
                     data, control, _flags, addr = self.socket.recvmsg(
-                        _GRO_READ_SIZE, _GRO_CONTROL_SPACE
+                        _GRO_READ_SIZE if self.coalescing else self.maxPacketSize,
+                        _GRO_CONTROL_SPACE + (CONTROL_SPACE if destinations else 0),
                     )
-                    if control:
+                    if control and self.coalescing:
                         segment = _segment_size(control)
+                    if destinations:
+                        self.destination = destination_of(control, self.addressFamily)
                 else:
                     data, addr = self.socket.recvfrom(self.maxPacketSize)
             except OSError as error:
@@ -179,6 +196,23 @@ class QuietUDPPort(udp.Port):
                         self.protocol.datagramReceived(data[start : start + segment], addr)
             except Exception:  # as udp.Port.doRead: the port outlives a bad handler
                 _log.failure("unhandled error in {protocol!r}", protocol=self.protocol)
+
+
+class ListeningUDPPort(QuietUDPPort):
+    """A server's listening port: ``udp.Port`` with its log lines, that tells the
+    protocol where each datagram was sent (:attr:`destination`, read while
+    ``datagramReceived`` runs; see :mod:`netsvc.destination`).
+
+    An IPv6 port on ``::`` takes IPv4 datagrams too (``IPV6_V6ONLY`` off whatever the
+    system's default), as do all ports here.
+    """
+
+    def _bindSocket(self) -> None:
+        udp.Port._bindSocket(self)  # Twisted's, with its "starting on" line
+        self.reports_destinations = request_destinations(self.socket)
+
+    def connectionLost(self, reason: object = None) -> None:
+        udp.Port.connectionLost(self, reason)
 
 
 class SocketSet:
@@ -300,6 +334,7 @@ def connect_peer_socket(port: QuietUDPPort, peer: tuple[str, int]) -> socket.soc
     listening = port.socket
     peer_socket = socket.socket(listening.family, socket.SOCK_DGRAM)
     try:
+        _allow_ipv4(peer_socket)
         listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         peer_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         peer_socket.bind(listening.getsockname())
@@ -309,6 +344,14 @@ def connect_peer_socket(port: QuietUDPPort, peer: tuple[str, int]) -> socket.soc
         peer_socket.close()
         return None
     return peer_socket
+
+
+def _allow_ipv4(skt: socket.socket) -> None:
+    """Let an IPv6 socket talk to IPv4 peers (mapped addresses) whatever
+    ``net.ipv6.bindv6only`` says: ``::`` means both families, as documented."""
+    if skt.family == socket.AF_INET6:
+        with suppress(OSError):
+            skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
 
 
 def _segment_size(control: list[tuple[int, int, bytes]]) -> int:
@@ -331,5 +374,19 @@ def listen_udp_quietly(
         return reactor.listenUDP(port, protocol, interface, max_packet_size)
     listening = QuietUDPPort(port, protocol, interface, max_packet_size, reactor)
     listening.socket_set = socket_set_for(reactor)
+    listening.startListening()
+    return listening
+
+
+def listen_udp_with_destinations(
+    reactor: IReactorUDP, port: int, protocol: DatagramProtocol, interface: str = "",
+    max_packet_size: int = UDP_MAX_PACKET_SIZE,
+) -> IListeningPort:
+    """``reactor.listenUDP`` with a :class:`ListeningUDPPort`: the protocol can read
+    ``self.transport.destination`` in ``datagramReceived``. Other reactors get a plain
+    ``listenUDP`` (:class:`netsvc.testing.FakeUDPReactor`'s ports set it too)."""
+    if not isinstance(reactor, PosixReactorBase):
+        return reactor.listenUDP(port, protocol, interface, max_packet_size)
+    listening = ListeningUDPPort(port, protocol, interface, max_packet_size, reactor)
     listening.startListening()
     return listening

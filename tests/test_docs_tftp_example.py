@@ -24,13 +24,16 @@ def load_example() -> Any:
     return module
 
 
+# "": every address. The server learns where each request was sent (netsvc.destination),
+# so the generated file names the address the client talked to, not 0.0.0.0.
+@pytest.mark.parametrize("interface", ["127.0.0.1", ""])
 @pytest_twisted.ensureDeferred
 async def test_generated_file_names_the_client_and_disk_files_are_served(
-    tmp_path: Path,
+    tmp_path: Path, interface: str
 ) -> None:
     (tmp_path / "kernel").write_bytes(b"K" * 3000)
     port = free_port(kind=2)  # SOCK_DGRAM
-    service = load_example().build(reactor, str(tmp_path), port=port)
+    service = load_example().build(reactor, str(tmp_path), port=port, interface=interface)
     service.startService()
     try:
         config = MemoryWriter()

@@ -182,7 +182,9 @@ class RequestContext:
 
     #: The client's (host, port).
     peer: tuple[str, int] = attrs.field(converter=_to_address)
-    #: The server address (host, port) the request arrived on.
+    #: The server address (host, port) the request was sent to: the listening port, and
+    #: the address the client used (the listener's own address when it has one; on a
+    #: listener on every address, the one the system reports, else ``0.0.0.0``/``::``).
     local: tuple[str, int] = attrs.field(converter=_to_address)
     #: The requested name as parsed (UTF-8 with ``surrogateescape``: lossless for any bytes).
     filename: str = attrs.field(validator=_encodable_filename)

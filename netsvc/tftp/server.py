@@ -22,6 +22,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from netsvc.destination import Destination
 from netsvc.echo import is_unanswerable_source
 from netsvc.listening import ListenGroup, UDPListenService, add_child
 from netsvc.ratelimit import NEVER, HeldBackSources, PerKeyRateLimiter
@@ -56,7 +57,7 @@ from netsvc.tftp.packets import (
 )
 from netsvc.tftp.session import EngineSession
 from netsvc.tftp.textmode import NetasciiReader, NetasciiWriter
-from netsvc.udpport import listen_udp_quietly
+from netsvc.udpport import listen_udp_quietly, listen_udp_with_destinations
 
 __all__ = [
     "SMALL_DOWNLOAD_BLOCKS",
@@ -133,6 +134,10 @@ class TFTPServerLimits:
             raise ValueError("need 0 < min_rto <= max_rto")
 
 
+#: Interfaces meaning every local address.
+_UNSPECIFIED = frozenset({"", "0.0.0.0", "::"})
+
+
 def _peer_key(addr: Any) -> tuple[str, int]:
     return (addr[0], addr[1])
 
@@ -170,8 +175,9 @@ class TFTPServer(DatagramProtocol):
         #: (:data:`SMALL_DOWNLOAD_BLOCKS`; 0: every download that can be handed over is).
         self.small_download_blocks = SMALL_DOWNLOAD_BLOCKS
         self.helper: DownloadHelper | None = None
-        #: Address transfer sockets bind to: the listener's, so replies come from the
-        #: address the client talked to whenever the listener is bound to one.
+        #: The listener's address. Transfer sockets bind to it, or, when it is the
+        #: unspecified address, to the address each request was sent to (where the
+        #: listening port tells): replies come from the address the client talked to.
         self.interface = interface
         #: Every transfer still alive, by client (address, port): a retransmitted request
         #: finds its transfer here instead of starting another one.
@@ -201,6 +207,12 @@ class TFTPServer(DatagramProtocol):
         if len(datagram) < 4 or datagram[0] != 0 or datagram[1] not in (1, 2) or addr[1] == 0:
             self.counters["ignored"] += 1
             return
+        # A request sent to a broadcast or multicast address: every server that hears it
+        # would answer (where the listening port can tell; see netsvc.destination).
+        destination: Destination | None = getattr(self.transport, "destination", None)
+        if destination is not None and destination.broadcast:
+            self.counters["ignored"] += 1
+            return
         host = addr[0]
         if not self.requests.allow(host):
             self.counters["ignored"] += 1
@@ -228,7 +240,7 @@ class TFTPServer(DatagramProtocol):
             self.counters["busy"] += 1
             self._refuse(addr, ErrorCode.NOT_DEFINED, "server busy, try again later")
             return
-        transfer = Transfer(self, request, addr)
+        transfer = Transfer(self, request, addr, destination)
         self.transfers[key] = transfer
         self.per_client[host] = self.per_client.get(host, 0) + 1
         self.active += 1
@@ -302,11 +314,21 @@ class TFTPServer(DatagramProtocol):
 class Transfer(EngineSession):
     """One RRQ or WRQ on its own socket (its TID), from request to log event."""
 
-    def __init__(self, server: TFTPServer, request: Request, addr: Any) -> None:
+    def __init__(
+        self,
+        server: TFTPServer,
+        request: Request,
+        addr: Any,
+        destination: Destination | None = None,
+    ) -> None:
         super().__init__(server.reactor)
         self.server = server
         self.request = request
         self.peer = self.key = _peer_key(addr)
+        #: The address this transfer answers from (see :attr:`TFTPServer.interface`).
+        self.local_host = server.interface
+        if server.interface in _UNSPECIFIED and destination is not None and destination.local:
+            self.local_host = destination.local
         self.negotiated: Negotiated | None = None
         self._duration_timer: IDelayedCall | None = None
         self._started = self.reactor.seconds()
@@ -339,10 +361,7 @@ class Transfer(EngineSession):
         if limits.max_duration is not None:
             self._duration_timer = self.reactor.callLater(limits.max_duration, self._too_long)
         request = self.request
-        host = self.port.getHost()
-        context = RequestContext.from_request(
-            request, self.key, (getattr(host, "host", ""), getattr(host, "port", 0))
-        )
+        context = RequestContext.from_request(request, self.key, self._request_address())
         if request.is_read:
             opened = maybeDeferred(self.server.backend.open_read, context)
             opened.addCallback(self._start_sending)
@@ -362,11 +381,18 @@ class Transfer(EngineSession):
             opened.addCallback(self._start_receiving)
         opened.addErrback(self._setup_failed)
 
+    def _request_address(self) -> tuple[str, int]:
+        """Where the request was sent: the address this transfer answers from (the
+        listener's when nothing better is known) and the listening port."""
+        transport = self.server.transport
+        listener = transport.getHost() if transport is not None else None
+        return self.local_host or getattr(listener, "host", ""), getattr(listener, "port", 0)
+
     def _listen(self) -> IListeningPort:
         server = self.server
         port_range = server.limits.port_range
         def listen(number: int) -> IListeningPort:
-            return listen_udp_quietly(self.reactor, number, self, server.interface)
+            return listen_udp_quietly(self.reactor, number, self, self.local_host)
 
         if port_range is None:
             return listen(0)
@@ -379,7 +405,7 @@ class Transfer(EngineSession):
             except CannotListenError:
                 continue
             return port
-        raise CannotListenError(server.interface, low, OSError("transfer port range exhausted"))
+        raise CannotListenError(self.local_host, low, OSError("transfer port range exhausted"))
 
     def _start_sending(self, reader: Any) -> None:
         if self.finished:
@@ -624,6 +650,16 @@ class Transfer(EngineSession):
         )
 
 
+class _RequestListener(UDPListenService):
+    """The listening port, able to tell where each request was sent (so that requests
+    to a broadcast address are ignored; see :func:`listen_udp_with_destinations`)."""
+
+    def _listen(self) -> IListeningPort:
+        return listen_udp_with_destinations(
+            self.reactor, self.port_number, self.protocol, self.interface, self.max_packet_size
+        )
+
+
 class _TFTPService(ListenGroup):
     """The listening service plus a clean shutdown of running transfers."""
 
@@ -671,5 +707,5 @@ def tftp_service(
         spare_workers=spare_workers,
     )
     service = _TFTPService(server)
-    add_child(service, UDPListenService(reactor, port, server, interface, what="TFTP"))
+    add_child(service, _RequestListener(reactor, port, server, interface, what="TFTP"))
     return service
