@@ -10,13 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.logger import globalLogPublisher
+from zope.interface import implementer
 
 from netsvc.testing import FakeUDPReactor, LinkConditions
-from netsvc.tftp.backend import BytesReader, MemoryWriter
+from netsvc.tftp.backend import BytesReader, IBackend, MemoryWriter, RequestContext
 from netsvc.tftp.client import TFTPError, download, upload
+from netsvc.tftp.engine import encode_error
 from netsvc.tftp.packets import ErrorCode, Mode, encode_ack
-from netsvc.tftp.server import TFTPServerLimits
+from netsvc.tftp.server import BACKEND_TIMEOUT_MESSAGE, TFTPServerLimits
 from tests.tftp_support import SERVER_HOST, SERVER_PORT, MemoryBackend, fake_network, finish
 
 LOSSY = LinkConditions(loss=0.15, duplicate=0.05, reorder=0.1, delay=0.001, jitter=0.001)
@@ -421,3 +424,44 @@ class _Reply(_Silent):
         if not self.sent:
             self.sent = True
             self.transport.write(self.reply, addr)
+
+
+@implementer(IBackend)
+class _HungBackend:
+    """Never answers an open (a dynamic backend stuck on something); notes cancels."""
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[Any]] = []
+        self.cancelled = 0
+
+    def _hang(self) -> Deferred[Any]:
+        def cancelled(_: Deferred[Any]) -> None:
+            self.cancelled += 1
+
+        waiting: Deferred[Any] = Deferred(cancelled)
+        self.pending.append(waiting)
+        return waiting
+
+    def open_read(self, context: RequestContext) -> Deferred[Any]:
+        return self._hang()
+
+    def open_write(self, context: RequestContext, size: int | None) -> Deferred[Any]:
+        return self._hang()
+
+
+@pytest.mark.parametrize("opcode", [1, 2])
+def test_a_backend_that_never_answers_ends_after_the_idle_timeout(opcode: int) -> None:
+    backend = _HungBackend()
+    limits = TFTPServerLimits(idle_timeout=5.0)
+    reactor, server, _ = fake_network(backend=backend, limits=limits, record=True)
+    client = reactor.listenUDP(0, _Silent(), "")
+    client.write(bytes([0, opcode]) + b"f\x00octet\x00", (SERVER_HOST, SERVER_PORT))
+    reactor.advance(0)  # the request arrives
+    reactor.advance(4.9)
+    assert server.active == 1 and backend.cancelled == 0
+    reactor.advance(0.2)
+    replies = [s.data for s in reactor.sent if s.dst[1] == client.getHost().port]
+    assert replies == [encode_error(ErrorCode.NOT_DEFINED, BACKEND_TIMEOUT_MESSAGE)]
+    assert server.active == 0 and not server.transfers and backend.cancelled == 1
+    reactor.advance(60)  # and nothing more, ever
+    assert len([s for s in reactor.sent if s.dst[1] == client.getHost().port]) == 1

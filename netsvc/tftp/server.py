@@ -80,6 +80,9 @@ SPARE_WORKERS = 32
 SMALL_DOWNLOAD_BLOCKS = 32
 #: Seconds a stopping server waits for downloads in processes of their own to end.
 STOP_GRACE = 5.0
+#: The ERROR message to a client whose file the backend did not open within the idle
+#: timeout (``TFTPServerLimits.idle_timeout``).
+BACKEND_TIMEOUT_MESSAGE = "the server could not open the file in time"
 
 
 @attrs.frozen
@@ -132,6 +135,11 @@ class TFTPServerLimits:
                 raise ValueError(f"bad port range {low}-{high}")
         if not 0 < self.min_rto <= self.max_rto:
             raise ValueError("need 0 < min_rto <= max_rto")
+
+
+def _cancel(timer: IDelayedCall | None) -> None:
+    if timer is not None and timer.active():
+        timer.cancel()
 
 
 #: Interfaces meaning every local address.
@@ -342,6 +350,9 @@ class Transfer(EngineSession):
         self._report: DownloadReport | None = None
         self._report_lost = False
         self._end_waiters: list[Deferred[None]] = []
+        # While the backend opens the file: its answer, and the idle timeout on it.
+        self._opening: Deferred[Any] | None = None
+        self._open_timer: IDelayedCall | None = None
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -364,6 +375,7 @@ class Transfer(EngineSession):
         context = RequestContext.from_request(request, self.key, self._request_address())
         if request.is_read:
             opened = maybeDeferred(self.server.backend.open_read, context)
+            opened.addBoth(self._backend_answered)
             opened.addCallback(self._start_sending)
         else:
             try:
@@ -378,8 +390,27 @@ class Transfer(EngineSession):
                 context,
                 self.negotiated.tsize,
             )
+            opened.addBoth(self._backend_answered)
             opened.addCallback(self._start_receiving)
         opened.addErrback(self._setup_failed)
+        if not opened.called and not self.finished:
+            # A backend that answers later (a dynamic one): the wait is bounded like any
+            # silence in a transfer, or a hung backend would hold a session slot for good.
+            self._opening = opened
+            self._open_timer = self.reactor.callLater(limits.idle_timeout, self._backend_late)
+
+    def _backend_answered(self, result: object) -> object:
+        self._opening = None
+        _cancel(self._open_timer)
+        self._open_timer = None
+        return result
+
+    def _backend_late(self) -> None:
+        self._open_timer = None
+        opening, self._opening = self._opening, None
+        self._reject(ErrorCode.NOT_DEFINED, BACKEND_TIMEOUT_MESSAGE)
+        if opening is not None:
+            opening.cancel()  # tell the backend; its answer, if any, is ignored now
 
     def _request_address(self) -> tuple[str, int]:
         """Where the request was sent: the address this transfer answers from (the
@@ -536,6 +567,8 @@ class Transfer(EngineSession):
         self.after_event()
 
     def _setup_failed(self, failure: Failure) -> None:
+        if self.finished:
+            return  # already ended (a late backend, a shutdown): the client was told
         error = failure.value
         if isinstance(error, BackendError):
             self._reject(error.code, error.message)
@@ -567,9 +600,9 @@ class Transfer(EngineSession):
             self._log_outcome()
 
     def session_ended(self) -> None:
-        if self._duration_timer is not None and self._duration_timer.active():
-            self._duration_timer.cancel()
-        self._duration_timer = None
+        _cancel(self._duration_timer)
+        _cancel(self._open_timer)
+        self._duration_timer = self._open_timer = None
         self.server.transfer_ended(self)
         self._log_outcome()
         waiters, self._end_waiters = self._end_waiters, []
