@@ -75,6 +75,16 @@ class Link:
         raise AssertionError("too many events")
 
 
+def writes_into(buffer: bytearray) -> Callable[[bytes], bool]:
+    """A receiver's ``write`` that appends each payload to ``buffer``, done at once."""
+
+    def write(payload: bytes) -> bool:
+        buffer.extend(payload)
+        return True
+
+    return write
+
+
 def transfer(
     data: bytes,
     link: Link,
@@ -93,13 +103,9 @@ def transfer(
         offset += len(chunk)
         return chunk
 
-    def write(payload: bytes) -> bool:
-        received.extend(payload)
-        return True
-
     receiver = BlockReceiver(
-        link.sender_for("b"), write, now=0.0, preamble=encode_ack(0), blksize=blksize,
-        windowsize=windowsize, dally=dally, **receiver_kwargs,
+        link.sender_for("b"), writes_into(received), now=0.0, preamble=encode_ack(0),
+        blksize=blksize, windowsize=windowsize, dally=dally, **receiver_kwargs,
     )
     # The sender starts when ACK 0 arrives: model it as starting after one link delay.
     link.queue.clear()
@@ -127,7 +133,7 @@ def test_clean_link_transfers_every_size(size: int, windowsize: int) -> None:
 
 @pytest.mark.parametrize("loss", [0.1, 0.2, 0.3])
 @pytest.mark.parametrize("windowsize", [1, 4, 16, 64])
-@pytest.mark.parametrize("size", [0, 511, 512, 512 * 20, 100_000])
+@pytest.mark.parametrize("size", [0, 1, 511, 512, 512 * 20, 100_000])
 def test_lossy_duplicating_reordering_link_gives_identical_bytes(
     loss: float, windowsize: int, size: int
 ) -> None:
@@ -184,8 +190,7 @@ def test_receiver_follows_a_sender_that_wraps_to_one() -> None:
     sent: list[bytes] = []
     received = bytearray()
     receiver = BlockReceiver(
-        sent.append, lambda p: received.extend(p) is None, now=0.0, preamble=encode_ack(0),
-        blksize=8,
+        sent.append, writes_into(received), now=0.0, preamble=encode_ack(0), blksize=8,
     )
     block = 1
     for absolute in range(1, 65540):
@@ -325,6 +330,36 @@ def test_receiver_reacks_every_duplicate_of_its_last_block() -> None:
     assert sent == [encode_ack(0)] + [encode_ack(1)] * 4
 
 
+def test_receiver_acknowledges_a_gap_at_once_and_once_rfc_7440() -> None:
+    sent: list[bytes] = []
+    written = bytearray()
+    receiver = BlockReceiver(
+        sent.append, writes_into(written), now=0.0, preamble=encode_ack(0), windowsize=4,
+    )
+    blocks = {n: bytes([n]) * 512 for n in range(1, 9)}
+    assert sent == [encode_ack(0)]
+
+    def feed(*numbers: int) -> list[bytes]:
+        """Deliver DATA ``numbers``; what the receiver sent in answer."""
+        before = len(sent)
+        for n in numbers:
+            receiver.on_datagram(encode_data(n, blocks[n]), 0.01)
+        return sent[before:]
+
+    assert feed(1, 2) == []  # half a window: nothing to say yet
+    assert feed(4) == [encode_ack(2)]  # 3 is missing: the sender must go back to it now
+    assert feed(5) == []  # the same gap: no second ACK 2
+    assert feed(3, 4, 5) == []  # the sender went back: in order again
+    assert feed(6) == [encode_ack(6)]  # a whole window since ACK 2
+    assert bytes(written) == b"".join(blocks[n] for n in range(1, 7))
+    assert feed(8) == [encode_ack(6)]  # a new gap is reported again, once
+    assert feed(8) == []
+    assert feed(7, 8) == []
+    receiver.on_datagram(encode_data(9, b"end"), 0.02)
+    assert sent[-1] == encode_ack(9) and receiver.complete
+    assert bytes(written) == b"".join(blocks[n] for n in range(1, 9)) + b"end"
+
+
 def test_receiver_acks_only_after_a_deferred_write_completes() -> None:
     sent: list[bytes] = []
     receiver = BlockReceiver(sent.append, lambda p: False, now=0.0, preamble=encode_ack(0))
@@ -359,14 +394,13 @@ def test_oversized_block_is_an_illegal_operation() -> None:
 
 def test_receiver_size_limit_is_disk_full_before_writing() -> None:
     sent: list[bytes] = []
-    written: list[bytes] = []
+    written = bytearray()
     receiver = BlockReceiver(
-        sent.append, lambda p: written.append(p) is None, now=0.0, preamble=encode_ack(0),
-        max_bytes=1000,
+        sent.append, writes_into(written), now=0.0, preamble=encode_ack(0), max_bytes=1000
     )
     receiver.on_datagram(encode_data(1, bytes(512)), 0.0)
     receiver.on_datagram(encode_data(2, bytes(512)), 0.0)
-    assert receiver.outcome is Outcome.LOCAL_ERROR and len(written) == 1
+    assert receiver.outcome is Outcome.LOCAL_ERROR and len(written) == 512
     assert sent[-1][:4] == struct.pack("!HH", 5, ErrorCode.DISK_FULL)
 
 

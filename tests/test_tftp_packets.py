@@ -173,6 +173,11 @@ def test_request_size_bounds_are_inclusive() -> None:
     ],
 )
 def test_lenient_parsing(wire: bytes, expected: Packet) -> None:
+    """Deliberate leniency (Postel): what a peer sends us mid-transfer, a padded ACK or an
+    ERROR without its final NUL, is read as meant; refusing it would only stall or hide the
+    end of a transfer. Requests stay strict (MALFORMED below): a server answers them, and
+    what it accepts is its attack surface. Only NUL padding after the last field of a request
+    or an OACK is tolerated (tftp-hpa also stops at the first empty field)."""
     assert parse(wire) == expected
 
 

@@ -637,11 +637,12 @@ class BlockSender(_Engine):
         about a quarter of a second per lost ACK. Each further timeout adds one more new
         block (up to :data:`_PROBE_BLOCKS` in flight), so even a second lost ACK is answered
         by a block the peer has not seen. Peers discard blocks they are not waiting for
-        (RFC 1350), so this costs at most a few wasted datagrams per timeout.
+        (RFC 1350), so this costs at most a few wasted datagrams per timeout. Not before
+        the peer has answered once: it may be a spoofed address (``first_contact_retries``).
         """
         window = self._window
-        if len(window) >= _PROBE_BLOCKS or self._base == 0:
-            return  # enough in flight, or the OACK
+        if len(window) >= _PROBE_BLOCKS or self._base == 0 or not self._peer_proven:
+            return  # enough in flight, the OACK, or nobody has answered yet
         if self._staged:
             window.append(self._staged.pop(0))
         elif self._last_block is None:
