@@ -23,6 +23,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
 from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
 
 from netsvc.destination import (
     CONTROL_SPACE,
@@ -188,13 +189,22 @@ _NO_IPV6 = pytest.mark.skipif(not ipv6_loopback_available(), reason="no IPv6 loo
 
 @pytest.mark.parametrize("processes", [False, True])
 @pytest.mark.parametrize(
-    ("interface", "served"),
-    [("0.0.0.0", _EVERY_IPV4), pytest.param("::", _EVERY_IPV6, marks=_NO_IPV6)],
+    ("interface", "served", "peers"),
+    [
+        ("0.0.0.0", _EVERY_IPV4, ["127.0.0.1", "127.0.0.1"]),
+        pytest.param("::", _EVERY_IPV6, ["[::1]", "[::ffff:127.0.0.1]"], marks=_NO_IPV6),
+    ],
 )
 @pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
 async def test_a_server_on_every_address_answers_from_the_address_asked(
-    tmp_path: Path, interface: str, served: list[tuple[int, str]], processes: bool
+    tmp_path: Path,
+    interface: str,
+    served: list[tuple[int, str]],
+    peers: list[str],
+    processes: bool,
 ) -> None:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)  # type: ignore[arg-type]
     service, port = start_server(tmp_path, interface, processes)
     try:
         *answers, broadcast = await first_replies(
@@ -202,10 +212,14 @@ async def test_a_server_on_every_address_answers_from_the_address_asked(
         )
     finally:
         await stop_server(service)
+        globalLogPublisher.removeObserver(events.append)  # type: ignore[arg-type]
     for answer, (_, address) in zip(answers, served, strict=True):
         assert answer is not None and answer[0][:4] == b"\x00\x03\x00\x01", address
         assert answer[1][0] == address  # from the address the request went to
     assert broadcast is None
+    # One event per transfer (the client's source address); IPv6 written as in URLs.
+    logged = sorted(e["peer"].rpartition(":")[0] for e in events if "peer" in e)
+    assert logged == sorted(peers)
 
 
 _V6ONLY_PROBE = """

@@ -58,6 +58,7 @@ from netsvc.tftp.packets import (
 from netsvc.tftp.session import EngineSession
 from netsvc.tftp.textmode import NetasciiReader, NetasciiWriter
 from netsvc.udpport import listen_udp_quietly, listen_udp_with_destinations
+from netsvc.udptools import format_address
 
 __all__ = [
     "SMALL_DOWNLOAD_BLOCKS",
@@ -660,7 +661,7 @@ class Transfer(EngineSession):
         negotiated = self.negotiated
         direction = "read" if self.request.is_read else "write"
         filename = self.request.filename
-        peer = f"{self.key[0]}:{self.key[1]}"
+        peer = format_address(self.key)  # [::1]:69 for IPv6, as in URLs
         duration = self.reactor.seconds() - self._started
         self.log.info(
             # The message comes ready-made: an observer that renders the format (as the
