@@ -15,12 +15,20 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
+from twisted.logger import (
+    ILogObserver,
+    LogPublisher,
+    eventsFromJSONLogFile,
+    jsonFileLogObserver,
+    textFileLogObserver,
+)
 
 from tests.support import free_port, twistd_command
 
@@ -39,12 +47,24 @@ EVENT = re.compile(
     r"(?P<outcome>[a-z-]+), (?P<bytes>\d+) bytes in (?P<duration>[0-9.]+)s"
 )
 
+#: The file :func:`text_and_json_log` writes JSON events to (set in twistd's environment).
+JSON_LOG_VARIABLE = "NETSVC_TEST_JSON_LOG"
+#: The checkout, so that twistd (started elsewhere) can import this module for ``--logger``.
+CHECKOUT = Path(__file__).resolve().parent.parent
+
 
 def require(binary: str) -> str:
-    """The path of ``binary``, or skip the test saying which client is missing."""
+    """The path of ``binary``; if it is missing, skip the test saying so, or under CI fail it.
+
+    CI (``.ci/run``, run with ``CI`` set) installs every client: there a missing one is a
+    broken install step, which a skip would hide.
+    """
     path = shutil.which(binary)
     if path is None:
-        pytest.skip(f"interop client {binary!r} is not installed (.ci/run installs it)")
+        message = f"interop client {binary!r} is not installed (.ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     return path
 
 
@@ -130,16 +150,30 @@ def probe(port: int, host: str = HOST, *, timeout: float = 2.0) -> bytes | None:
         return reply
 
 
+def text_and_json_log() -> ILogObserver:
+    """A twistd ``--logger``: the usual text on standard output, and every event as JSON
+    (all its fields, which the text leaves out) in the file named by
+    :data:`JSON_LOG_VARIABLE`. Both flush after each event."""
+    json_file = open(os.environ[JSON_LOG_VARIABLE], "a", encoding="utf-8")  # noqa: SIM115
+    return LogPublisher(textFileLogObserver(sys.stdout), jsonFileLogObserver(json_file))
+
+
 class TFTPServer:
-    """``twistd netsvc-tftp`` serving ``root`` on 127.0.0.1 (a free port), for one test scope."""
+    """``twistd netsvc-tftp`` serving ``root`` on 127.0.0.1 (a free port), for one test scope.
+
+    With ``json_log``, the server also writes its log events there as JSON, with their
+    fields: see :meth:`json_events`.
+    """
 
     def __init__(
-        self, root: Path, log_path: Path, *flags: str, reactor: str | None = None
+        self, root: Path, log_path: Path, *flags: str, reactor: str | None = None,
+        json_log: Path | None = None,
     ) -> None:
         self.root = root
         self.log_path = log_path
         self.flags = flags
         self.reactor = reactor
+        self.json_log = json_log
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         #: Readiness probes that were answered (each is one refused transfer in the log).
@@ -154,13 +188,14 @@ class TFTPServer:
             self.port = free_port(socket.SOCK_DGRAM, HOST)
             command = twistd_command(
                 *([f"--reactor={self.reactor}"] if self.reactor else []),
+                *self._logger_options(),
                 "netsvc-tftp", "--root", str(self.root), "--port", str(self.port),
                 "--interface", HOST, *self.flags,
             )
             with open(self.log_path, "wb") as log:
                 self.process = subprocess.Popen(
                     command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True, cwd=self.root.parent,
+                    start_new_session=True, cwd=self.root.parent, env=self._environment(),
                 )
             if self._wait_until_serving(timeout):
                 return self
@@ -169,6 +204,17 @@ class TFTPServer:
             if "already in use" not in last_log:
                 break
         raise AssertionError(f"netsvc-tftp did not start ({self.flags}):\n{last_log}")
+
+    def _logger_options(self) -> list[str]:
+        if self.json_log is None:
+            return []
+        return [f"--logger={__name__}.{text_and_json_log.__name__}"]
+
+    def _environment(self) -> dict[str, str] | None:
+        if self.json_log is None:
+            return None  # inherited
+        path = os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")]))
+        return {**os.environ, "PYTHONPATH": path, JSON_LOG_VARIABLE: str(self.json_log)}
 
     def _wait_until_serving(self, timeout: float) -> bool:
         assert self.process is not None
@@ -213,6 +259,17 @@ class TFTPServer:
         """The transfer events logged so far (readiness probes left out)."""
         found = (EVENT.search(line) for line in self.log().splitlines())
         return [m for m in found if m is not None and m["name"] != PROBE_NAME]
+
+    def json_events(self) -> list[dict[str, Any]]:
+        """The transfer events logged so far with all their fields (needs ``json_log``;
+        readiness probes left out)."""
+        assert self.json_log is not None, "this server was started without json_log"
+        try:
+            with open(self.json_log, encoding="utf-8") as records:
+                events = list(eventsFromJSONLogFile(records))
+        except FileNotFoundError:
+            return []
+        return [e for e in events if "outcome" in e and e.get("filename") != PROBE_NAME]
 
 
 # -- client command lines ----------------------------------------------------------------------

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from netsvc.spin import Spinner
+from netsvc.tftp import packets
 from netsvc.tftp.downloader import (
     TIME_LIMIT_MESSAGE,
     DownloadJob,
@@ -25,7 +26,7 @@ from netsvc.tftp.downloader import (
 )
 from netsvc.tftp.engine import BlockSender, Outcome, TransferStats
 from netsvc.tftp.files import BackendError
-from netsvc.tftp.packets import ErrorCode
+from netsvc.tftp.packets import ACK, ERROR, OACK, RRQ, ErrorCode, encode_data, parse
 from netsvc.tftp.server import SMALL_DOWNLOAD_BLOCKS
 from tests.interop_support import HOST, TFTPServer
 
@@ -489,3 +490,154 @@ def test_without_its_helper_the_server_serves_downloads_itself(
     for _ in range(2):
         download_whole(server.port)
     assert server.log().count("the download helper is gone") == 1
+
+
+# -- handed-over downloads, seen from the wire and from the server's log -------------------
+
+
+@pytest.fixture
+def logged_server(tmp_path: Path) -> Iterator[tuple[TFTPServer, int]]:
+    """A server handing downloads over (the default), its events also in JSON, with one
+    spare worker ready; (the server, that worker's pid)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "f").write_bytes(FILE)
+    (root / "small").write_bytes(DATA)
+    server = TFTPServer(
+        root, tmp_path / "twistd.log", "--spare-workers", "1", json_log=tmp_path / "events.json"
+    ).start()
+    try:
+        helper = helper_of(server)
+        assert helper is not None
+        wait_for(lambda: len(children(helper)) == 1)
+        (worker,) = children(helper)
+        yield server, worker
+    finally:
+        server.stop()
+
+
+def logged(server: TFTPServer, count: int) -> list[dict[str, object]]:
+    """The server's transfer events, once there are ``count`` (each is logged as its
+    transfer ends, which may be a hair after the client is done)."""
+    wait_for(lambda: len(server.json_events()) >= count)
+    events = server.json_events()
+    assert len(events) == count, events
+    return events
+
+
+def heard(client: socket.socket, seconds: float) -> list[bytes]:
+    """Every datagram ``client`` receives within ``seconds``."""
+    received = []
+    deadline = time.monotonic() + seconds
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            client.settimeout(left)
+            received.append(client.recv(65536))
+    except TimeoutError:
+        pass
+    finally:
+        client.settimeout(5)
+    return received
+
+
+def request(name: str, **options: int) -> bytes:
+    return RRQ(name, options=tuple((key, str(value)) for key, value in options.items())).encode()
+
+
+def fetch(port: int, name: str, blksize: int) -> tuple[bytes, str]:
+    """Download ``name`` at ``blksize`` (checking the OACK grants it); (the bytes, this
+    client as the server logs its peer)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.bind((HOST, 0))
+        client.settimeout(5)
+        client.sendto(request(name, blksize=blksize), (HOST, port))
+        datagram, transfer = client.recvfrom(65536)
+        assert parse(datagram) == OACK((("blksize", str(blksize)),))
+        client.sendto(ACK(0).encode(), transfer)
+        received, block = b"", 0
+        while True:
+            packet = parse(client.recv(65536))
+            if not (isinstance(packet, packets.DATA) and packet.block == block + 1):
+                continue  # a retransmission (of the OACK or of a block we have)
+            block, received = packet.block, received + packet.payload
+            client.sendto(ACK(block).encode(), transfer)
+            if len(packet.payload) < blksize:
+                return received, "{}:{}".format(*client.getsockname())
+
+
+def test_a_uefi_size_probe_is_a_normal_end_in_a_worker_too(
+    logged_server: tuple[TFTPServer, int],
+) -> None:
+    # UEFI firmware asks for tsize (and a blksize), reads the size from the OACK and ends
+    # with ERROR 8 before any data. 64 KiB at 1468 is 45 blocks: a worker sends the OACK.
+    server, worker = logged_server
+    image = bytes(range(256)) * 256
+    (server.root / "bootx64.efi").write_bytes(image)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.bind((HOST, 0))
+        client.settimeout(5)
+        client.sendto(request("bootx64.efi", tsize=0, blksize=1468), (HOST, server.port))
+        datagram, transfer = client.recvfrom(65536)
+        oack = parse(datagram)
+        assert isinstance(oack, OACK), oack
+        assert dict(oack.options) == {"tsize": str(len(image)), "blksize": "1468"}
+        client.sendto(ERROR(ErrorCode.OPTION_NEGOTIATION, "size probe").encode(), transfer)
+        # No DATA, no OACK again (the first retransmission would come after 1 s), no ERROR.
+        assert heard(client, 1.5) == []
+    (event,) = logged(server, 1)
+    assert event["filename"] == "bootx64.efi" and event["outcome"] == "size-probe", event
+    assert event["error_code"] == ErrorCode.OPTION_NEGOTIATION and event["bytes"] == 0, event
+    assert server.process is not None and event["process"] != server.process.pid
+    assert event["process"] == worker, event  # reported by the worker that ran it
+
+
+def test_a_stranger_gets_error_5_from_a_download_in_a_worker(
+    logged_server: tuple[TFTPServer, int],
+) -> None:
+    server, worker = logged_server
+    client, transfer = start_download(server.port)  # DATA 1 read, not acknowledged yet
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        stranger.bind((HOST, 0))
+        stranger.settimeout(5)
+        stranger.sendto(ACK(1).encode(), transfer)  # a forged ACK from elsewhere
+        error, source = stranger.recvfrom(1024)
+        reply = parse(error)
+        assert isinstance(reply, ERROR) and reply.code == ErrorCode.UNKNOWN_TID, reply
+        assert source == transfer
+        # The download neither moved on for it nor ended: at most DATA 1 again.
+        assert set(heard(client, 0.3)) <= {encode_data(1, FILE[:512])}
+        assert finish_download(client, transfer) == FILE
+    finally:
+        client.close()
+        stranger.close()
+    (event,) = logged(server, 1)
+    assert (event["outcome"], event["bytes"], event["process"]) == ("complete", len(FILE), worker)
+
+
+def test_a_download_in_a_worker_is_logged_with_the_fields_of_one_served_here(
+    logged_server: tuple[TFTPServer, int],
+) -> None:
+    # blksize 500: "f" is 36 blocks (handed over), "small" 3 (served by the server).
+    server, worker = logged_server
+    assert server.process is not None
+    files = {"f": FILE, "small": DATA}
+    peers = []
+    for name, data in files.items():
+        received, peer = fetch(server.port, name, 500)
+        assert received == data
+        peers.append(peer)
+        logged(server, len(peers))  # one at a time: the events come in this order
+    events = logged(server, 2)
+    for event, (name, data), peer in zip(events, files.items(), peers, strict=True):
+        assert event["peer"] == peer and event["filename"] == name, event
+        assert event["direction"] == "read" and event["outcome"] == "complete", event
+        assert event["options"] == {"blksize": "500"} and event["bytes"] == len(data), event
+        retransmits, duration = event["retransmits"], event["duration"]
+        assert type(retransmits) is int and retransmits >= 0, event
+        assert isinstance(duration, float) and duration > 0, event
+    handed, here = events
+    assert handed["process"] == worker != server.process.pid
+    assert here["process"] is None  # the server's own
+    fields = [{key for key in event if not key.startswith("log_")} for event in events]
+    assert fields[0] == fields[1]

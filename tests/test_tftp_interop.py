@@ -16,7 +16,8 @@ Client quirks that shape the tests (measured with the Debian bookworm clients):
 
 * busybox refuses ``-b`` below 24 ("bad blocksize") and needs the whole request to fit in
   one block ("remote filename is too long" below ~56), so its rollover test uses
-  ``-b 64`` and a file of more than 64 x 65536 bytes.
+  ``-b 64`` and a file of more than 64 x 65536 bytes. At the top it takes ``-b 65464``,
+  the largest blksize RFC 2348 allows (busybox 1.35 itself checks only against 65564).
 * curl 7.88 with options asks for ``tsize`` and rejects ``tsize 0`` in an OACK ("invalid
   tsize", exit 71, and it leaves without an ERROR packet): an empty file cannot be
   downloaded by curl with options from any RFC 2349 server. That case has its own test;
@@ -61,8 +62,8 @@ MIB = 1024 * KIB
 
 #: The sizes every client moves in both directions.
 SIZES = {"0B": 0, "1B": 1, "512B": 512, "3MiB": 3 * MIB}
-#: curl at blksize 8: 600 KiB is 76,800 blocks, so the block number wraps once.
-CURL_ROLLOVER_SIZE = 600 * KIB
+#: curl and atftp at blksize 8: 600 KiB is 76,800 blocks, so the block number wraps once.
+BLKSIZE_8_ROLLOVER_SIZE = 600 * KIB
 #: busybox at blksize 64 (its practical minimum): past 65,535 blocks by 500 and a bit.
 BUSYBOX_ROLLOVER_SIZE = 64 * 65536 + 64 * 500 + 3
 #: How long a rollover transfer may take on this shared 2-core machine.
@@ -147,7 +148,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("interop-src")
     made = {f"s{label}.bin": _file(base / f"s{label}.bin", size, seed)
             for seed, (label, size) in enumerate(SIZES.items())}
-    made["roll600k.bin"] = _file(base / "roll600k.bin", CURL_ROLLOVER_SIZE, 11)
+    made["roll600k.bin"] = _file(base / "roll600k.bin", BLKSIZE_8_ROLLOVER_SIZE, 11)
     made["r"] = _file(base / "r", BUSYBOX_ROLLOVER_SIZE, 12)
     made["m1.bin"] = _file(base / "m1.bin", MIB, 13)
     made["m1b.bin"] = _file(base / "m1b.bin", MIB, 14)
@@ -174,8 +175,10 @@ def ro_root(tmp_path_factory: pytest.TempPathFactory, files: dict[str, Path]) ->
     return root
 
 
-def _serve(root: Path, log: Path, *flags: str) -> Iterator[TFTPServer]:
-    server = TFTPServer(root, log, *flags).start()
+def _serve(
+    root: Path, log: Path, *flags: str, json_log: Path | None = None
+) -> Iterator[TFTPServer]:
+    server = TFTPServer(root, log, *flags, json_log=json_log).start()
     try:
         yield server
     finally:
@@ -184,8 +187,10 @@ def _serve(root: Path, log: Path, *flags: str) -> Iterator[TFTPServer]:
 
 @pytest.fixture(scope="module")
 def ro_server(ro_root: Path) -> Iterator[TFTPServer]:
-    """Read-only, all defaults."""
-    yield from _serve(ro_root, ro_root.parent / "twistd.log")
+    """Read-only, all defaults; its events also in JSON (for the options they granted)."""
+    yield from _serve(
+        ro_root, ro_root.parent / "twistd.log", json_log=ro_root.parent / "events.json"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -237,6 +242,23 @@ def assert_reported(client: str, result: subprocess.CompletedProcess[str],
         raise AssertionError(f"unknown client {client}")
 
 
+# -- a missing client ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [
+    (None, pytest.skip.Exception), ("", pytest.skip.Exception), ("true", pytest.fail.Exception),
+])
+def test_a_missing_client_is_a_skip_but_under_ci_a_failure(
+    monkeypatch: pytest.MonkeyPatch, ci: str | None, outcome: type[BaseException]
+) -> None:
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="'netsvc-no-such-client' is not installed"):
+        require("netsvc-no-such-client")
+
+
 # -- download commands -------------------------------------------------------------------------
 
 Command = Callable[[TFTPServer, str, Path], list[str]]
@@ -253,9 +275,13 @@ DOWNLOADERS: dict[str, Command] = {
         "-g", "-r", name, "-l", str(out), HOST, str(s.port)),
     "busybox-blksize-1468": lambda s, name, out: busybox_tftp(
         "-b", "1468", "-g", "-r", name, "-l", str(out), HOST, str(s.port)),
+    "busybox-blksize-65464": lambda s, name, out: busybox_tftp(
+        "-b", "65464", "-g", "-r", name, "-l", str(out), HOST, str(s.port)),
     "tftp-hpa": lambda s, name, out: tftp_hpa(
         s.port, "get", name, str(out), options=["-m", "binary"]),
     "atftp": lambda s, name, out: atftp(s.port, "-g", "-r", name, "-l", str(out)),
+    "atftp-blksize-65464": lambda s, name, out: atftp(
+        s.port, "--option", "blksize 65464", "-g", "-r", name, "-l", str(out)),
     "atftp-blksize-1468-windowsize-16": lambda s, name, out: atftp(
         s.port, "--option", "blksize 1468", "--option", "windowsize 16",
         "-g", "-r", name, "-l", str(out)),
@@ -272,11 +298,35 @@ DOWNLOAD_CASES = [
 ]
 
 
+def _asked_blksize(client: str) -> int | None:
+    """The blksize a client row asks for (``...-blksize-N...``), if it names one."""
+    found = re.search(r"blksize-(\d+)", client)
+    return int(found[1]) if found else None
+
+
+def _assert_blksize_granted(server: TFTPServer, name: str, logged_before: int,
+                            blksize: int | None) -> None:
+    """The download of ``name`` logged after the first ``logged_before`` events ran at
+    ``blksize``: the client did not fall back to 512 (nor the server grant less)."""
+    if blksize is None:
+        return
+    deadline = time.monotonic() + 10  # logged on the last ACK, which the client may beat
+    while True:
+        found = [e for e in server.json_events()[logged_before:] if e["filename"] == name]
+        if found or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert [(e["outcome"], e["options"].get("blksize")) for e in found] == [
+        ("complete", str(blksize))
+    ], found
+
+
 @pytest.mark.parametrize(("client", "label"), DOWNLOAD_CASES)
 def test_download(ro_server: TFTPServer, files: dict[str, Path], tmp_path: Path,
                   client: str, label: str) -> None:
     name = f"s{label}.bin"
     out = tmp_path / "out.bin"
+    logged_before = len(ro_server.json_events())
     result = run(DOWNLOADERS[client](ro_server, name, out))
     details = output_of(result)
     assert result.returncode == 0, details
@@ -284,6 +334,7 @@ def test_download(ro_server: TFTPServer, files: dict[str, Path], tmp_path: Path,
     assert out.exists(), details
     assert out.stat().st_size == SIZES[label], details
     assert sha256(out) == sha256(files[name])
+    _assert_blksize_granted(ro_server, name, logged_before, _asked_blksize(client))
 
 
 def test_curl_with_options_and_an_empty_file(ro_server: TFTPServer, tmp_path: Path) -> None:
@@ -305,33 +356,33 @@ def _timed(command: list[str], timeout: float) -> tuple[subprocess.CompletedProc
     return result, time.monotonic() - started
 
 
-def test_rollover_curl_blksize_8(ro_server: TFTPServer, files: dict[str, Path],
-                                 tmp_path: Path) -> None:
-    """76,800 blocks of 8 bytes: the block number wraps past 65535 once."""
-    out = tmp_path / "roll.bin"
-    result, elapsed = _timed(
-        curl("--tftp-blksize", "8", "-o", str(out), ro_server.url("roll600k.bin"),
-             max_time=2 * ROLLOVER_LIMIT),
-        timeout=2 * ROLLOVER_LIMIT + 10,
-    )
-    print(f"curl blksize 8, {CURL_ROLLOVER_SIZE} bytes: {elapsed:.1f} s")
-    assert result.returncode == 0, output_of(result)
-    assert sha256(out) == sha256(files["roll600k.bin"])
-    assert elapsed < ROLLOVER_LIMIT
+#: Downloads whose block number wraps past 65535: (file, command) by client row.
+#: 76,800 blocks of 8 bytes for curl and atftp; 66,037 blocks of 64 bytes for busybox
+#: (it cannot go lower with a request that fits, see the module docstring).
+ROLLOVER_DOWNLOADS: dict[str, tuple[str, Command]] = {
+    "curl-blksize-8": ("roll600k.bin", lambda s, name, out: curl(
+        "--tftp-blksize", "8", "-o", str(out), s.url(name), max_time=2 * ROLLOVER_LIMIT)),
+    "atftp-blksize-8": ("roll600k.bin", lambda s, name, out: atftp(
+        s.port, "--option", "blksize 8", "-g", "-r", name, "-l", str(out))),
+    "busybox-blksize-64": ("r", lambda s, name, out: busybox_tftp(
+        "-b", "64", "-g", "-r", name, "-l", str(out), HOST, str(s.port))),
+}
 
 
-def test_rollover_busybox_blksize_64(ro_server: TFTPServer, files: dict[str, Path],
-                                     tmp_path: Path) -> None:
-    """66,037 blocks of 64 bytes (busybox cannot go lower with a request that fits)."""
+@pytest.mark.parametrize("client", list(ROLLOVER_DOWNLOADS))
+def test_rollover_download(ro_server: TFTPServer, files: dict[str, Path], tmp_path: Path,
+                           client: str) -> None:
+    name, command = ROLLOVER_DOWNLOADS[client]
+    blksize = _asked_blksize(client)
+    assert blksize is not None and files[name].stat().st_size // blksize > 65535
     out = tmp_path / "roll.bin"
-    result, elapsed = _timed(
-        busybox_tftp("-b", "64", "-g", "-r", "r", "-l", str(out), HOST, str(ro_server.port)),
-        timeout=2 * ROLLOVER_LIMIT,
-    )
-    print(f"busybox blksize 64, {BUSYBOX_ROLLOVER_SIZE} bytes: {elapsed:.1f} s")
+    logged_before = len(ro_server.json_events())
+    result, elapsed = _timed(command(ro_server, name, out), timeout=2 * ROLLOVER_LIMIT + 10)
+    print(f"{client}, {files[name].stat().st_size} bytes: {elapsed:.1f} s")
     assert result.returncode == 0, output_of(result)
-    assert sha256(out) == sha256(files["r"])
+    assert sha256(out) == sha256(files[name])
     assert elapsed < ROLLOVER_LIMIT
+    _assert_blksize_granted(ro_server, name, logged_before, blksize)
 
 
 def test_rollover_curl_upload_blksize_8(rw_server: TFTPServer, files: dict[str, Path]) -> None:
@@ -340,7 +391,7 @@ def test_rollover_curl_upload_blksize_8(rw_server: TFTPServer, files: dict[str, 
              rw_server.url("roll-up.bin"), max_time=2 * ROLLOVER_LIMIT),
         timeout=2 * ROLLOVER_LIMIT + 10,
     )
-    print(f"curl upload blksize 8, {CURL_ROLLOVER_SIZE} bytes: {elapsed:.1f} s")
+    print(f"curl upload blksize 8, {BLKSIZE_8_ROLLOVER_SIZE} bytes: {elapsed:.1f} s")
     assert result.returncode == 0, output_of(result)
     assert sha256(rw_server.root / "roll-up.bin") == sha256(files["roll600k.bin"])
     assert temp_files(rw_server.root) == []
