@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import math
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from twisted.application.service import IService
+from twisted.application.service import IService, Service
+from twisted.logger import Logger
 from twisted.python import usage
 
+from netsvc.listening import add_child
 from netsvc.tapkit import (
     Flag,
     Param,
     ServiceSpec,
     Values,
     make_standalone_service,
-    non_negative_float,
-    non_negative_int,
-    port_number,
-    positive_int,
     standalone_options,
 )
 from netsvc.tftp.backend import FilesystemBackend
-from netsvc.tftp.options import ServerOptionPolicy
+from netsvc.tftp.options import (
+    MAX_BLKSIZE,
+    MAX_WINDOWSIZE,
+    MIN_BLKSIZE,
+    MIN_WINDOWSIZE,
+    ServerOptionPolicy,
+)
 from netsvc.tftp.server import (
     SMALL_DOWNLOAD_BLOCKS,
     SPARE_WORKERS,
@@ -33,21 +39,102 @@ from netsvc.udpport import socket_set_for
 
 _LIMITS = TFTPServerLimits()
 _POLICY = ServerOptionPolicy()
+_NO_LIMIT = " (0: no limit)"
+
+T = TypeVar("T")
 
 
-def port_range(text: str) -> tuple[int, int]:
-    """Parse ``LOW-HIGH`` (inclusive) into a tuple."""
+def _coerce(
+    name: str, parse: Callable[[str], T], valid: Callable[[T], bool], allowed: str
+) -> Callable[[str], T]:
+    """A twistd coerce function whose error says which option is wrong and what it takes.
+
+    ``twisted.python.usage`` reports a coerce error as "Parameter type enforcement failed:
+    MESSAGE" without the option's name, and the suite prefixes every name (``--tftp-...``):
+    the message names the option as both spell it (``max-blksize``).
+    """
+
+    def coerce(text: str) -> T:
+        try:
+            value = parse(text)
+        except ValueError:
+            pass
+        else:
+            if valid(value):
+                return value
+        raise ValueError(f"{name} must be {allowed}, not {text!r}")
+
+    return coerce
+
+
+def _whole(name: str, low: int, high: int | None = None, note: str = "") -> Callable[[str], int]:
+    """A whole number from ``low`` (to ``high``)."""
+    if high is None:
+        return _coerce(
+            name, int, lambda value: low <= value, f"a whole number of at least {low}{note}"
+        )
+    return _coerce(
+        name, int, lambda value: low <= value <= high, f"a whole number from {low} to {high}{note}"
+    )
+
+
+def _number(name: str, unit: str, *, zero_means: str | None = None) -> Callable[[str], float]:
+    """A finite number above 0; also 0 when ``zero_means`` says what 0 does."""
+    if zero_means is None:
+        return _coerce(
+            name, float, lambda value: 0 < value < math.inf, f"a number of {unit} above 0"
+        )
+    return _coerce(
+        name,
+        float,
+        lambda value: 0 <= value < math.inf,
+        f"a number of {unit}, 0 or more (0: {zero_means})",
+    )
+
+
+_PORT_RANGE = "LOW-HIGH, two port numbers with 1 <= LOW <= HIGH <= 65535 (like 50000-50999)"
+
+
+def _port_pair(text: str) -> tuple[int, int]:
     low, sep, high = text.partition("-")
     if not sep:
-        raise ValueError(f"{text!r} is not a port range like 50000-50999")
-    values = (port_number(low), port_number(high))
-    if not 1 <= values[0] <= values[1]:
-        raise ValueError(f"{text!r} is not a port range like 50000-50999")
-    return values
+        raise ValueError(text)
+    return (int(low), int(high))
+
+
+#: ``--port-range LOW-HIGH`` (inclusive) as a tuple.
+port_range = _coerce(
+    "port-range", _port_pair, lambda pair: 1 <= pair[0] <= pair[1] <= 65535, _PORT_RANGE
+)
 
 
 def _none_if_zero(value: Any) -> Any:
     return value or None
+
+
+class StaleUploadCleanup(Service):
+    """Removes the upload temporary files a crashed server left under the root, at start.
+
+    Only files older than an hour (the default of
+    :func:`netsvc.tftp.backend.cleanup_stale_temp_files`): a younger one may be an upload
+    that another server on the same root is receiving right now.
+    """
+
+    log = Logger()
+
+    def __init__(self, backend: FilesystemBackend) -> None:
+        self.backend = backend
+
+    def startService(self) -> None:
+        Service.startService(self)
+        removed = self.backend.cleanup_stale_temp_files()
+        if removed:
+            self.log.info(
+                "tftp: removed {count} upload temporary file(s) that a crashed server left"
+                " under {root}",
+                count=removed,
+                root=os.fsdecode(self.backend.root),
+            )
 
 
 def build_tftp(values: Values, reactor: Any) -> IService:
@@ -69,7 +156,7 @@ def build_tftp(values: Values, reactor: Any) -> IService:
         max_sessions=_none_if_zero(values["max-sessions"]),
         max_sessions_per_client=_none_if_zero(values["max-per-client"]),
         request_rate=_none_if_zero(values["request-rate"]),
-        idle_timeout=values["idle-timeout"] or _LIMITS.idle_timeout,
+        idle_timeout=values["idle-timeout"],
         max_duration=_none_if_zero(values["max-duration"]),
         port_range=values["port-range"],
     )
@@ -78,10 +165,14 @@ def build_tftp(values: Values, reactor: Any) -> IService:
         sockets = socket_set_for(reactor)
         if sockets is not None:
             sockets.spinner = None
-    return tftp_service(
+    service = tftp_service(
         reactor, backend, port=values["port"], interface=values["interface"], policy=policy,
         limits=limits, processes=processes, spare_workers=values["spare-workers"],
     )
+    if backend.writable:
+        # Its startService runs before the reactor reads a datagram (it is synchronous).
+        add_child(service, StaleUploadCleanup(backend))
+    return service
 
 
 def _check(values: Values) -> None:
@@ -98,35 +189,48 @@ TFTP_SPEC = ServiceSpec(
     description="TFTP (RFC 1350 with blksize, timeout, tsize and windowsize options)",
     params=[
         Param("root", None, "Directory to serve (required)."),
-        Param("port", TFTP_PORT, "UDP port (default 69).", port_number, "p"),
+        Param("port", TFTP_PORT, "UDP port (default 69).", _whole("port", 0, 65535), "p"),
         Param(
             "interface", "", "Address to listen on; :: for dual-stack (default: all IPv4).",
             None, "i",
         ),
-        Param("max-blksize", _POLICY.max_blksize, "Largest blksize granted.", positive_int),
         Param(
-            "max-windowsize", _POLICY.max_windowsize, "Largest windowsize granted.", positive_int
+            "max-blksize", _POLICY.max_blksize,
+            f"Largest blksize granted ({MIN_BLKSIZE}-{MAX_BLKSIZE}).",
+            _whole("max-blksize", MIN_BLKSIZE, MAX_BLKSIZE, " (RFC 2348)"),
         ),
-        Param("max-upload", 0, "Largest upload in bytes (0: no limit).", non_negative_int),
+        Param(
+            "max-windowsize", _POLICY.max_windowsize,
+            f"Largest windowsize granted ({MIN_WINDOWSIZE}-{MAX_WINDOWSIZE}).",
+            _whole("max-windowsize", MIN_WINDOWSIZE, MAX_WINDOWSIZE, " (RFC 7440)"),
+        ),
+        Param(
+            "max-upload", 0, "Largest upload in bytes (0: no limit).",
+            _whole("max-upload", 0, note=_NO_LIMIT),
+        ),
         Param(
             "max-sessions", _LIMITS.max_sessions, "Transfers at once (0: no limit).",
-            non_negative_int,
+            _whole("max-sessions", 0, note=_NO_LIMIT),
         ),
         Param(
             "max-per-client", _LIMITS.max_sessions_per_client,
-            "Transfers at once per client address (0: no limit).", non_negative_int,
+            "Transfers at once per client address (0: no limit).",
+            _whole("max-per-client", 0, note=_NO_LIMIT),
         ),
         Param(
             "request-rate", _LIMITS.request_rate,
-            "Requests per second accepted from one address (0: no limit).", non_negative_float,
+            "Requests per second accepted from one address (0: no limit).",
+            _number("request-rate", "requests per second", zero_means="no limit"),
         ),
         Param(
             "idle-timeout", _LIMITS.idle_timeout,
-            "Seconds without progress before a transfer is dropped.", non_negative_float,
+            "Seconds without progress before a transfer is dropped (more than 0).",
+            _number("idle-timeout", "seconds"),
         ),
         Param(
             "max-duration", _LIMITS.max_duration,
-            "Longest transfer in seconds (0: no limit).", non_negative_float,
+            "Longest transfer in seconds (0: no limit).",
+            _number("max-duration", "seconds", zero_means="no limit"),
         ),
         Param(
             "port-range", None, "Ports for transfers, e.g. 50000-50999 (default: any).",
@@ -135,7 +239,7 @@ TFTP_SPEC = ServiceSpec(
         Param(
             "spare-workers", SPARE_WORKERS,
             "Download processes kept ready (more start when more downloads run"
-            " at once; each takes about 1.3 MB idle).", non_negative_int,
+            " at once; each takes about 1.3 MB idle).", _whole("spare-workers", 0),
         ),
     ],
     flags=[
