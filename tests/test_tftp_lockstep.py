@@ -379,3 +379,50 @@ def test_sigterm_in_the_c_loop_ends_the_download_with_an_error(
     assert result.report.stats.error_message == SHUTDOWN_MESSAGE
     # Blocks 1..39 were acknowledged, in C; the engine knows it.
     assert result.report.stats.blocks == 39 and result.report.stats.bytes == 39 * 512
+
+
+@pytest.fixture
+def sigterm_stops_downloads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """SIGTERM handled as in a worker process running a download."""
+    monkeypatch.setattr(downloader, "_stop_requested", False)
+    previous = signal.signal(signal.SIGTERM, downloader.stop_download)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.usefixtures("sigterm_stops_downloads")
+def test_sigterm_while_a_download_starts_still_tells_the_client(
+    serve: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server stops right after the worker sent block 1, before its loop runs: the
+    # download still ends with ERROR 0 and a report (it used to escape, report-less).
+    real = SenderSettings.new_sender
+
+    def new_sender_then_sigterm(self: SenderSettings, *args: Any) -> Any:
+        engine = real(self, *args)
+        signal.raise_signal(signal.SIGTERM)
+        return engine
+
+    monkeypatch.setattr(SenderSettings, "new_sender", new_sender_then_sigterm)
+    result = serve(payload(100 * 512))
+    assert result.report.outcome is Outcome.LOCAL_ERROR
+    assert result.report.stats.error_message == SHUTDOWN_MESSAGE
+    assert result.report.stats.blocks == 0
+
+
+@pytest.mark.usefixtures("sigterm_stops_downloads")
+def test_sigterm_after_the_last_ack_leaves_the_report_complete(
+    serve: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = downloader.drive_download
+
+    def drive_then_sigterm(*args: Any, **kwargs: Any) -> Any:
+        engine = real(*args, **kwargs)
+        signal.raise_signal(signal.SIGTERM)  # the server stops just as the download ends
+        return engine
+
+    monkeypatch.setattr(downloader, "drive_download", drive_then_sigterm)
+    data = payload(10 * 512 + 7)
+    result = serve(data)
+    assert result.report.outcome is Outcome.COMPLETE
+    assert bytes(result.client.received) == data

@@ -234,10 +234,20 @@ class _Stopped(BaseException):
     """Raised by SIGTERM in a process running a download: the server is stopping."""
 
 
+# SIGTERM ends a download only inside drive_download's loop, where it is caught and told
+# to the client. Before the loop (the engine's first send) it is remembered and acted on
+# when the loop starts; after it, the download is over and its report must still go out.
+_stop_requested = False
+_interruptible = False
+
+
 def stop_download(signum: int, frame: object) -> None:
     """The SIGTERM handler of a process running :func:`drive_download`: the download
     ends with ERROR 0 (the server stops)."""
-    raise _Stopped
+    global _stop_requested
+    _stop_requested = True
+    if _interruptible:
+        raise _Stopped
 
 
 def drive_download(
@@ -297,7 +307,11 @@ def drive_download(
     stop_at = math.inf if job.max_duration is None else clock() + job.max_duration
     setsockopt = peer_socket.setsockopt
     waiting_ms = 0
+    global _interruptible, _stop_requested
     try:
+        _interruptible = True
+        if _stop_requested:
+            raise _Stopped  # it came while the download was being set up
         while engine.outcome is None:
             now = clock()
             if read_failure:
@@ -341,7 +355,10 @@ def drive_download(
                     continue  # the wait ended (EAGAIN), or an ICMP error: the timers decide
             engine.on_datagram(datagram, clock())
     except _Stopped:
+        _interruptible = _stop_requested = False
         engine.abort(ErrorCode.NOT_DEFINED, SHUTDOWN_MESSAGE, clock())
+    finally:
+        _interruptible = False
     return engine
 
 

@@ -210,9 +210,11 @@ def _run(job: DownloadJob, peer_fd: int, file_fd: int, report_fd: int, *, board:
     signal.signal(signal.SIGTERM, _stop_in_download)
     try:
         report = downloader.run_job(job, peer_fd, file_fd, board)
+        # Still under the download's handler, which only notes a SIGTERM from here on:
+        # the between-jobs one would raise and lose the report.
+        os.write(report_fd, report.encode())
     finally:
         signal.signal(signal.SIGTERM, _stop_between_jobs)
-    os.write(report_fd, report.encode())
 
 
 _stopping = False  # SIGTERM came: the worker exits after what it is doing
