@@ -81,6 +81,8 @@ SPARE_WORKERS = 32
 SMALL_DOWNLOAD_BLOCKS = 32
 #: Seconds a stopping server waits for downloads in processes of their own to end.
 STOP_GRACE = 5.0
+#: The ERROR message to a request the server has no room for (sessions, ports).
+BUSY_MESSAGE = "server busy, try again later"
 #: The ERROR message to a client whose file the backend did not open within the idle
 #: timeout (``TFTPServerLimits.idle_timeout``).
 BACKEND_TIMEOUT_MESSAGE = "the server could not open the file in time"
@@ -235,11 +237,11 @@ class TFTPServer(DatagramProtocol):
         try:
             request = parse(datagram)
         except TFTPProtocolError as error:
-            self._refuse(addr, error.code, error.reason)
+            self.refuse(addr, error.code, error.reason)
             return
         assert isinstance(request, RRQ | WRQ)  # the opcode was checked above
         if request.mode is Mode.MAIL:
-            self._refuse(addr, ErrorCode.ILLEGAL_OPERATION, "mail mode is not supported")
+            self.refuse(addr, ErrorCode.ILLEGAL_OPERATION, "mail mode is not supported")
             return
         limits = self.limits
         if (limits.max_sessions is not None and self.active >= limits.max_sessions) or (
@@ -247,7 +249,7 @@ class TFTPServer(DatagramProtocol):
             and self.per_client.get(host, 0) >= limits.max_sessions_per_client
         ):
             self.counters["busy"] += 1
-            self._refuse(addr, ErrorCode.NOT_DEFINED, "server busy, try again later")
+            self.refuse(addr, ErrorCode.NOT_DEFINED, BUSY_MESSAGE)
             return
         transfer = Transfer(self, request, addr, destination)
         self.transfers[key] = transfer
@@ -256,7 +258,8 @@ class TFTPServer(DatagramProtocol):
         self._publish_load()
         transfer.start()
 
-    def _refuse(self, addr: Any, code: int, message: str) -> None:
+    def refuse(self, addr: Any, code: int, message: str) -> None:
+        """Answer a request at ``addr`` with an ERROR from the listening port."""
         self.counters["refused"] += 1
         with suppress(OSError):
             self.transport.write(encode_error(code, message), addr)  # type: ignore[union-attr]
@@ -363,6 +366,10 @@ class Transfer(EngineSession):
             self.port = self._listen()
         except CannotListenError as error:
             self.log.error("tftp: no port for a transfer: {error}", error=error)
+            # Told from the listening port, as a full server tells: a client's retry
+            # may find a port free again.
+            self.server.counters["busy"] += 1
+            self.server.refuse(self.peer, ErrorCode.NOT_DEFINED, BUSY_MESSAGE)
             self.end()
             return
         if self.request.is_read:
