@@ -465,3 +465,18 @@ def test_a_backend_that_never_answers_ends_after_the_idle_timeout(opcode: int) -
     assert server.active == 0 and not server.transfers and backend.cancelled == 1
     reactor.advance(60)  # and nothing more, ever
     assert len([s for s in reactor.sent if s.dst[1] == client.getHost().port]) == 1
+
+
+def test_dallying_uploads_are_bounded_by_the_session_cap() -> None:
+    # A complete upload stays 5 s to repeat its last ACK without holding a session slot;
+    # a stream of small uploads must not pile those up without bound.
+    limits = TFTPServerLimits(max_sessions=2, dally=5.0)
+    reactor, server, backend = fake_network(limits=limits)
+    for index in range(5):
+        put(reactor, f"f{index}", payload(100, index))
+        assert len(server.dallying) == min(index + 1, 2)
+        assert len(server.transfers) == len(server.dallying) and server.active == 0
+    assert [key for key in server.dallying] == [t.key for t in server.transfers.values()]
+    assert all(backend.files[f"f{i}"] == payload(100, i) for i in range(5))
+    reactor.advance(6)
+    assert not server.dallying and not server.transfers

@@ -195,6 +195,10 @@ class TFTPServer(DatagramProtocol):
         self.transfers: dict[tuple[str, int], Transfer] = {}
         #: Transfers that count against the caps (a finished upload that dallies does not).
         self.active = 0
+        #: Finished uploads still dallying (to repeat their last ACK), oldest first: as
+        #: many as ``max_sessions`` at most, or a stream of small uploads would pile up
+        #: sockets without bound.
+        self.dallying: dict[tuple[str, int], Transfer] = {}
         self.per_client: dict[str, int] = {}
         self.requests: PerKeyRateLimiter[str] = PerKeyRateLimiter(
             limits.request_rate,
@@ -277,9 +281,19 @@ class TFTPServer(DatagramProtocol):
             else:
                 self.per_client.pop(host, None)
 
+    def dally_started(self, transfer: Transfer) -> None:
+        """A complete upload dallies; beyond ``max_sessions`` such, the oldest stops."""
+        self.dallying[transfer.key] = transfer
+        limit = self.limits.max_sessions
+        if limit is not None and len(self.dallying) > limit:
+            oldest = next(iter(self.dallying.values()))
+            oldest.end()  # its client most likely had the last ACK long ago
+
     def transfer_ended(self, transfer: Transfer) -> None:
         """Forget a finished transfer (called by the transfer)."""
         self.release_slot(transfer)
+        if self.dallying.get(transfer.key) is transfer:
+            del self.dallying[transfer.key]
         if self.transfers.get(transfer.key) is transfer:
             del self.transfers[transfer.key]
 
@@ -606,6 +620,7 @@ class Transfer(EngineSession):
             # report it now, with its real duration, and stop counting it against the caps.
             self.server.release_slot(self)
             self._log_outcome()
+            self.server.dally_started(self)
 
     def session_ended(self) -> None:
         _cancel(self._duration_timer)
