@@ -3,6 +3,7 @@ real server (``twistd netsvc-tftp``) handing downloads over, stopping and losing
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import signal
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -29,6 +31,8 @@ from netsvc.tftp.files import BackendError
 from netsvc.tftp.packets import ACK, ERROR, OACK, RRQ, ErrorCode, encode_data, parse
 from netsvc.tftp.server import SMALL_DOWNLOAD_BLOCKS
 from tests.interop_support import HOST, TFTPServer
+
+T = TypeVar("T")
 
 DATA = bytes(range(256)) * 5  # 1,280 bytes: blocks of 512, 512 and 256
 # The file the server-level tests download: 35 blocks of 512 (the last one 256 bytes),
@@ -186,7 +190,7 @@ class CountingSpinner(Spinner):
         super().__init__()
         self.spins = 0
 
-    def spin(self, poll: Callable[[], object], most: float | None = None) -> object:
+    def spin(self, poll: Callable[[], T], most: float | None = None) -> T | None:
         self.spins += 1
         return super().spin(poll, most)
 
@@ -263,6 +267,10 @@ def children(pid: int) -> list[int]:
             if int(text[text.rfind(")") + 2 :].split()[1]) == pid:
                 found.append(int(entry))
     return found
+
+
+def gone(pid: int) -> bool:
+    return not running(pid)
 
 
 def running(pid: int) -> bool:
@@ -460,7 +468,7 @@ def test_stopping_the_server_stops_its_downloads_and_tells_their_clients(
     finally:
         client.close()
     for pid in (helper, *workers):  # the one in the download and the idle ones
-        wait_for(lambda pid=pid: not running(pid))
+        wait_for(functools.partial(gone, pid))
     assert [e["outcome"] for e in server.events()] == ["local-error"]
 
 
@@ -486,7 +494,7 @@ def test_without_its_helper_the_server_serves_downloads_itself(
     workers = children(helper)
     os.kill(helper, signal.SIGKILL)
     for pid in workers:  # idle workers without their helper exit: no orphans
-        wait_for(lambda pid=pid: not running(pid))
+        wait_for(functools.partial(gone, pid))
     for _ in range(2):
         download_whole(server.port)
     assert server.log().count("the download helper is gone") == 1

@@ -275,3 +275,12 @@ def test_a_client_silent_mid_upload_loses_it_after_the_idle_timeout(root: Path) 
     assert temp_files(root) == [] and (root / "t.bin").read_bytes() == b"the old file"
     assert sorted(os.listdir(root)) == ["t.bin"]
     assert [e["outcome"] for e in transfer_events(events)] == ["timed-out"]
+
+
+def test_spare_workers_are_never_more_than_the_session_cap() -> None:
+    # Downloads beyond max_sessions never run at once: workers kept for them would idle.
+    for max_sessions, asked, kept in ((4, 32, 4), (None, 32, 32), (100, 32, 32), (0, 8, 0)):
+        limits = TFTPServerLimits(max_sessions=max_sessions)
+        server = TFTPServer(FakeUDPReactor(), MemoryBackend({}), limits=limits,
+                            processes=True, spare_workers=asked)
+        assert server.spare_workers == kept

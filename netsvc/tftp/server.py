@@ -181,7 +181,10 @@ class TFTPServer(DatagramProtocol):
         self.processes = processes and can_hand_off()
         #: Download processes kept ready for the next downloads
         #: (:mod:`netsvc.tftp.workers`); more start when more downloads run at once.
+        #: Never more than ``max_sessions``: more downloads than that never run at once.
         self.spare_workers = spare_workers
+        if limits.max_sessions is not None:
+            self.spare_workers = min(spare_workers, limits.max_sessions)
         #: Downloads of at most this many blocks are served here all the same
         #: (:data:`SMALL_DOWNLOAD_BLOCKS`; 0: every download that can be handed over is).
         self.small_download_blocks = SMALL_DOWNLOAD_BLOCKS
