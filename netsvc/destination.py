@@ -99,7 +99,7 @@ def _has_ipv6_option(sock: socket.socket) -> bool:
 
 def destination_of(control: list[tuple[int, int, bytes]], family: int) -> Destination | None:
     """The :class:`Destination` in ``recvmsg``'s ancillary data (``None``: not there)."""
-    found: Destination | None = None
+    ipv6: bytes | None = None
     for level, kind, data in control:
         if (level, kind) == (socket.IPPROTO_IP, _IP_PKTINFO) and len(data) >= _IN_PKTINFO.size:
             _, local, address = _IN_PKTINFO.unpack_from(data)
@@ -108,9 +108,9 @@ def destination_of(control: list[tuple[int, int, bytes]], family: int) -> Destin
                 _written(socket.inet_ntoa(local), family),
             )
         if (level, kind) == (socket.IPPROTO_IPV6, _IPV6_PKTINFO) and len(data) >= _IN6_PKTINFO.size:
-            address, _ = _IN6_PKTINFO.unpack_from(data)
-            found = Destination.classify(socket.inet_ntop(socket.AF_INET6, address))
-    return found  # IPV6_PKTINFO alone: an IPv6 datagram (IPv4 ones have IP_PKTINFO too)
+            ipv6 = data[:16]
+    # IPV6_PKTINFO alone: an IPv6 datagram (IPv4 ones come with IP_PKTINFO as well).
+    return None if ipv6 is None else Destination.classify(socket.inet_ntop(socket.AF_INET6, ipv6))
 
 
 def _written(ipv4: str, family: int) -> str:
