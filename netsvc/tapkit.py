@@ -11,9 +11,10 @@ spec we derive:
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 from twisted.application.service import IService, MultiService, Service
@@ -26,10 +27,13 @@ __all__ = [
     "Flag",
     "Param",
     "ServiceSpec",
+    "checked",
     "make_suite_service",
+    "number",
     "run_foreground",
     "standalone_options",
     "suite_options",
+    "whole_number",
 ]
 
 
@@ -79,6 +83,9 @@ class ServiceSpec:
     check: Callable[[Values], None] = lambda values: None
 
 
+T = TypeVar("T")
+
+
 def positive_int(text: str) -> int:
     """Parse a whole number greater than zero."""
     value = int(text)
@@ -109,6 +116,56 @@ def non_negative_float(text: str) -> float:
     if not value >= 0:  # also rejects NaN
         raise ValueError(f"{text} is not a non-negative number")
     return value
+
+
+def checked(
+    name: str, parse: Callable[[str], T], valid: Callable[[T], bool], allowed: str
+) -> Callable[[str], T]:
+    """A coerce function whose error says which option is wrong and what it takes.
+
+    ``twisted.python.usage`` reports a coerce error as "Parameter type enforcement failed:
+    MESSAGE" without the option's name, and the suite prefixes every name (``--tftp-...``):
+    the message names the option as both spell it (``max-blksize``).
+    """
+
+    def coerce(text: str) -> T:
+        try:
+            value = parse(text)
+        except ValueError:
+            pass
+        else:
+            if valid(value):
+                return value
+        raise ValueError(f"{name} must be {allowed}, not {text!r}")
+
+    return coerce
+
+
+def whole_number(
+    name: str, low: int, high: int | None = None, note: str = ""
+) -> Callable[[str], int]:
+    """A whole number from ``low`` (to ``high``)."""
+    if high is None:
+        return checked(
+            name, int, lambda value: low <= value, f"a whole number of at least {low}{note}"
+        )
+    return checked(
+        name, int, lambda value: low <= value <= high, f"a whole number from {low} to {high}{note}"
+    )
+
+
+def number(name: str, unit: str, *, zero_means: str | None = None) -> Callable[[str], float]:
+    """A finite number above 0; also 0 when ``zero_means`` says what 0 does."""
+    if zero_means is None:
+        return checked(
+            name, float, lambda value: 0 < value < math.inf, f"a number of {unit} above 0"
+        )
+    return checked(
+        name,
+        float,
+        lambda value: 0 <= value < math.inf,
+        f"a number of {unit}, 0 or more (0: {zero_means})",
+    )
 
 
 def _options_class(

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from twisted.application.service import IService, Service
-from twisted.logger import Logger
+from twisted.application.service import IService
 from twisted.python import usage
 
 from netsvc.listening import add_child
@@ -17,8 +14,11 @@ from netsvc.tapkit import (
     Param,
     ServiceSpec,
     Values,
+    checked,
     make_standalone_service,
+    number,
     standalone_options,
+    whole_number,
 )
 from netsvc.tftp.backend import FilesystemBackend
 from netsvc.tftp.options import (
@@ -32,6 +32,7 @@ from netsvc.tftp.server import (
     SMALL_DOWNLOAD_BLOCKS,
     SPARE_WORKERS,
     TFTP_PORT,
+    StaleUploadCleanup,
     TFTPServerLimits,
     tftp_service,
 )
@@ -40,57 +41,6 @@ from netsvc.udpport import socket_set_for
 _LIMITS = TFTPServerLimits()
 _POLICY = ServerOptionPolicy()
 _NO_LIMIT = " (0: no limit)"
-
-T = TypeVar("T")
-
-
-def _coerce(
-    name: str, parse: Callable[[str], T], valid: Callable[[T], bool], allowed: str
-) -> Callable[[str], T]:
-    """A twistd coerce function whose error says which option is wrong and what it takes.
-
-    ``twisted.python.usage`` reports a coerce error as "Parameter type enforcement failed:
-    MESSAGE" without the option's name, and the suite prefixes every name (``--tftp-...``):
-    the message names the option as both spell it (``max-blksize``).
-    """
-
-    def coerce(text: str) -> T:
-        try:
-            value = parse(text)
-        except ValueError:
-            pass
-        else:
-            if valid(value):
-                return value
-        raise ValueError(f"{name} must be {allowed}, not {text!r}")
-
-    return coerce
-
-
-def _whole(name: str, low: int, high: int | None = None, note: str = "") -> Callable[[str], int]:
-    """A whole number from ``low`` (to ``high``)."""
-    if high is None:
-        return _coerce(
-            name, int, lambda value: low <= value, f"a whole number of at least {low}{note}"
-        )
-    return _coerce(
-        name, int, lambda value: low <= value <= high, f"a whole number from {low} to {high}{note}"
-    )
-
-
-def _number(name: str, unit: str, *, zero_means: str | None = None) -> Callable[[str], float]:
-    """A finite number above 0; also 0 when ``zero_means`` says what 0 does."""
-    if zero_means is None:
-        return _coerce(
-            name, float, lambda value: 0 < value < math.inf, f"a number of {unit} above 0"
-        )
-    return _coerce(
-        name,
-        float,
-        lambda value: 0 <= value < math.inf,
-        f"a number of {unit}, 0 or more (0: {zero_means})",
-    )
-
 
 _PORT_RANGE = "LOW-HIGH, two port numbers with 1 <= LOW <= HIGH <= 65535 (like 50000-50999)"
 
@@ -103,38 +53,13 @@ def _port_pair(text: str) -> tuple[int, int]:
 
 
 #: ``--port-range LOW-HIGH`` (inclusive) as a tuple.
-port_range = _coerce(
+port_range = checked(
     "port-range", _port_pair, lambda pair: 1 <= pair[0] <= pair[1] <= 65535, _PORT_RANGE
 )
 
 
 def _none_if_zero(value: Any) -> Any:
     return value or None
-
-
-class StaleUploadCleanup(Service):
-    """Removes the upload temporary files a crashed server left under the root, at start.
-
-    Only files older than an hour (the default of
-    :func:`netsvc.tftp.backend.cleanup_stale_temp_files`): a younger one may be an upload
-    that another server on the same root is receiving right now.
-    """
-
-    log = Logger()
-
-    def __init__(self, backend: FilesystemBackend) -> None:
-        self.backend = backend
-
-    def startService(self) -> None:
-        Service.startService(self)
-        removed = self.backend.cleanup_stale_temp_files()
-        if removed:
-            self.log.info(
-                "tftp: removed {count} upload temporary file(s) that a crashed server left"
-                " under {root}",
-                count=removed,
-                root=os.fsdecode(self.backend.root),
-            )
 
 
 def build_tftp(values: Values, reactor: Any) -> IService:
@@ -189,7 +114,7 @@ TFTP_SPEC = ServiceSpec(
     description="TFTP (RFC 1350 with blksize, timeout, tsize and windowsize options)",
     params=[
         Param("root", None, "Directory to serve (required)."),
-        Param("port", TFTP_PORT, "UDP port (default 69).", _whole("port", 0, 65535), "p"),
+        Param("port", TFTP_PORT, "UDP port (default 69).", whole_number("port", 0, 65535), "p"),
         Param(
             "interface", "", "Address to listen on; :: for dual-stack (default: all IPv4).",
             None, "i",
@@ -197,40 +122,40 @@ TFTP_SPEC = ServiceSpec(
         Param(
             "max-blksize", _POLICY.max_blksize,
             f"Largest blksize granted ({MIN_BLKSIZE}-{MAX_BLKSIZE}).",
-            _whole("max-blksize", MIN_BLKSIZE, MAX_BLKSIZE, " (RFC 2348)"),
+            whole_number("max-blksize", MIN_BLKSIZE, MAX_BLKSIZE, " (RFC 2348)"),
         ),
         Param(
             "max-windowsize", _POLICY.max_windowsize,
             f"Largest windowsize granted ({MIN_WINDOWSIZE}-{MAX_WINDOWSIZE}).",
-            _whole("max-windowsize", MIN_WINDOWSIZE, MAX_WINDOWSIZE, " (RFC 7440)"),
+            whole_number("max-windowsize", MIN_WINDOWSIZE, MAX_WINDOWSIZE, " (RFC 7440)"),
         ),
         Param(
             "max-upload", 0, "Largest upload in bytes (0: no limit).",
-            _whole("max-upload", 0, note=_NO_LIMIT),
+            whole_number("max-upload", 0, note=_NO_LIMIT),
         ),
         Param(
             "max-sessions", _LIMITS.max_sessions, "Transfers at once (0: no limit).",
-            _whole("max-sessions", 0, note=_NO_LIMIT),
+            whole_number("max-sessions", 0, note=_NO_LIMIT),
         ),
         Param(
             "max-per-client", _LIMITS.max_sessions_per_client,
             "Transfers at once per client address (0: no limit).",
-            _whole("max-per-client", 0, note=_NO_LIMIT),
+            whole_number("max-per-client", 0, note=_NO_LIMIT),
         ),
         Param(
             "request-rate", _LIMITS.request_rate,
             "Requests per second accepted from one address (0: no limit).",
-            _number("request-rate", "requests per second", zero_means="no limit"),
+            number("request-rate", "requests per second", zero_means="no limit"),
         ),
         Param(
             "idle-timeout", _LIMITS.idle_timeout,
             "Seconds without progress before a transfer is dropped (more than 0).",
-            _number("idle-timeout", "seconds"),
+            number("idle-timeout", "seconds"),
         ),
         Param(
             "max-duration", _LIMITS.max_duration,
             "Longest transfer in seconds (0: no limit).",
-            _number("max-duration", "seconds", zero_means="no limit"),
+            number("max-duration", "seconds", zero_means="no limit"),
         ),
         Param(
             "port-range", None, "Ports for transfers, e.g. 50000-50999 (default: any).",
@@ -239,7 +164,7 @@ TFTP_SPEC = ServiceSpec(
         Param(
             "spare-workers", SPARE_WORKERS,
             "Download processes kept ready (more start when more downloads run"
-            " at once; each takes about 1.3 MB idle).", _whole("spare-workers", 0),
+            " at once; each takes about 1.3 MB idle).", whole_number("spare-workers", 0),
         ),
     ],
     flags=[

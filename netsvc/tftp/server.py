@@ -10,11 +10,13 @@ event is emitted per transfer; nothing is logged per packet.
 
 from __future__ import annotations
 
+import os
 import random
 from contextlib import suppress
 from typing import Any
 
 import attrs
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
@@ -26,7 +28,7 @@ from netsvc.destination import Destination
 from netsvc.echo import is_unanswerable_source
 from netsvc.listening import ListenGroup, UDPListenService, add_child
 from netsvc.ratelimit import NEVER, HeldBackSources, PerKeyRateLimiter
-from netsvc.tftp.backend import BackendError, IBackend, RequestContext
+from netsvc.tftp.backend import BackendError, FilesystemBackend, IBackend, RequestContext
 from netsvc.tftp.downloader import (
     SHUTDOWN_MESSAGE,
     TIME_LIMIT_MESSAGE,
@@ -64,6 +66,7 @@ __all__ = [
     "SMALL_DOWNLOAD_BLOCKS",
     "SPARE_WORKERS",
     "TFTP_PORT",
+    "StaleUploadCleanup",
     "TFTPServer",
     "TFTPServerLimits",
     "Transfer",
@@ -707,6 +710,31 @@ class Transfer(EngineSession):
             process=self._report.pid if self._report is not None else None,
             **stats,
         )
+
+
+class StaleUploadCleanup(Service):
+    """Removes the upload temporary files a crashed server left under the root, at start.
+
+    Only files older than an hour (the default of
+    :func:`netsvc.tftp.backend.cleanup_stale_temp_files`): a younger one may be an upload
+    that another server on the same root is receiving right now.
+    """
+
+    log = Logger()
+
+    def __init__(self, backend: FilesystemBackend) -> None:
+        self.backend = backend
+
+    def startService(self) -> None:
+        Service.startService(self)
+        removed = self.backend.cleanup_stale_temp_files()
+        if removed:
+            self.log.info(
+                "tftp: removed {count} upload temporary file(s) that a crashed server left"
+                " under {root}",
+                count=removed,
+                root=os.fsdecode(self.backend.root),
+            )
 
 
 class _RequestListener(UDPListenService):
