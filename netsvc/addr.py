@@ -43,6 +43,7 @@ __all__ = [
     "lookup_port",
     "netmask_to_prefix",
     "parse_interface",
+    "plain_host",
     "port_range_name",
     "prefix_to_netmask",
     "usable_hosts",
@@ -58,6 +59,14 @@ class AddressError(ValueError):
 
 
 # --------------------------------------------------------------------------- parsing
+
+
+def plain_host(host: str) -> str:
+    """The host as people write it: a dual-stack socket's IPv4 peers (``::ffff:a.b.c.d``,
+    IPv4-mapped) as ``a.b.c.d``; any other host unchanged."""
+    if host[:7].lower() == "::ffff:" and "." in host:
+        return host[7:]
+    return host
 
 
 def parse_interface(text: str) -> IPInterface:

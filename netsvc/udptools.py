@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TextIO
 
+from netsvc.addr import plain_host
 from netsvc.echo import REFLECTOR_PORTS, is_unanswerable_source
 from netsvc.ratelimit import PerKeyRateLimiter
 
@@ -97,7 +98,9 @@ def decode_payload(data: bytes, encoding: str = "utf-8", *, as_hex: bool = False
 
 
 def format_address(addr: tuple[str, int] | tuple[str, int, int, int]) -> str:
-    host, port = addr[0], addr[1]
+    """``host:port``, IPv6 in brackets as in URLs (``[::1]:69``); IPv4-mapped hosts as
+    plain IPv4 (see :func:`plain_host`)."""
+    host, port = plain_host(addr[0]), addr[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

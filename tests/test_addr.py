@@ -236,3 +236,19 @@ def test_add_parser_registers_addr() -> None:
     addr.add_parser(parser.add_subparsers())
     args = parser.parse_args(["addr", "10.0.0.1/8", "-p", "tftp"])
     assert args.addresses == ["10.0.0.1/8"] and args.port == ["tftp"]
+
+
+@pytest.mark.parametrize(
+    ("host", "plain"),
+    [
+        ("::ffff:127.0.0.1", "127.0.0.1"),  # an IPv4 peer of a dual-stack socket
+        ("::FFFF:10.1.2.3", "10.1.2.3"),
+        ("127.0.0.1", "127.0.0.1"),
+        ("::1", "::1"),
+        ("::ffff:7f00:1", "::ffff:7f00:1"),  # not how sockets write it: left alone
+        ("2001:db8::ffff:1.2.3.4", "2001:db8::ffff:1.2.3.4"),  # not IPv4-mapped
+        ("", ""),
+    ],
+)
+def test_plain_host_unmaps_ipv4_mapped_addresses(host: str, plain: str) -> None:
+    assert addr.plain_host(host) == plain

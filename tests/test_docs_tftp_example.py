@@ -12,7 +12,7 @@ from twisted.internet import reactor
 
 from netsvc.tftp.backend import MemoryWriter
 from netsvc.tftp.client import TFTPError, download
-from tests.support import REPO, free_port
+from tests.support import REPO, free_port, ipv6_loopback_available
 
 
 def load_example() -> Any:
@@ -25,8 +25,18 @@ def load_example() -> Any:
 
 
 # "": every address. The server learns where each request was sent (netsvc.destination),
-# so the generated file names the address the client talked to, not 0.0.0.0.
-@pytest.mark.parametrize("interface", ["127.0.0.1", ""])
+# so the generated file names the address the client talked to, not 0.0.0.0. "::" is
+# dual-stack: the IPv4 client and address reach the backend as IPv4, not ::ffff:127.0.0.1.
+@pytest.mark.parametrize(
+    "interface",
+    [
+        "127.0.0.1",
+        "",
+        pytest.param(
+            "::", marks=pytest.mark.skipif(not ipv6_loopback_available(), reason="no IPv6")
+        ),
+    ],
+)
 @pytest_twisted.ensureDeferred
 async def test_generated_file_names_the_client_and_disk_files_are_served(
     tmp_path: Path, interface: str

@@ -243,3 +243,15 @@ def test_add_parser_registers_udp() -> None:
     udptools.add_parser(parser.add_subparsers())
     args = parser.parse_args(["udp", "send", "h", "9", "m", "-e", "GB2312"])
     assert args.encoding == "gb2312" and args.func is udptools._run_send
+
+
+@pytest.mark.parametrize(
+    ("address", "text"),
+    [
+        (("127.0.0.1", 69), "127.0.0.1:69"),
+        (("::1", 69, 0, 0), "[::1]:69"),  # as in URLs
+        (("::ffff:127.0.0.1", 5000, 0, 0), "127.0.0.1:5000"),  # IPv4 on a dual-stack socket
+    ],
+)
+def test_format_address(address: tuple[str, int], text: str) -> None:
+    assert udptools.format_address(address) == text

@@ -111,6 +111,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, classImplements, implementer
 
+from netsvc.addr import plain_host
 from netsvc.tftp.files import (
     TEMP_SUFFIX,
     AccessViolation,
@@ -165,8 +166,10 @@ def _to_pairs(items: Any) -> tuple[tuple[str, str], ...]:
 
 def _to_address(address: Any) -> tuple[str, int]:
     # IPv6 addresses from Twisted have four fields; host and port are what backends use.
+    # An IPv4 client of a dual-stack listener is its IPv4 address (not ::ffff:a.b.c.d), so
+    # that a backend's per-client table works whatever the server listens on.
     host, port = tuple(address)[:2]
-    return (str(host), int(port))
+    return (plain_host(str(host)), int(port))
 
 
 def _encodable_filename(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
@@ -180,7 +183,7 @@ def _encodable_filename(instance: object, attribute: attrs.Attribute[str], value
 class RequestContext:
     """Everything a backend may want to know about one request."""
 
-    #: The client's (host, port).
+    #: The client's (host, port); an IPv4 client as IPv4, whatever the listener's family.
     peer: tuple[str, int] = attrs.field(converter=_to_address)
     #: The server address (host, port) the request was sent to: the listening port, and
     #: the address the client used (the listener's own address when it has one; on a
