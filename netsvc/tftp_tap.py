@@ -95,8 +95,8 @@ def build_tftp(values: Values, reactor: Any) -> IService:
         limits=limits, processes=processes, spare_workers=values["spare-workers"],
     )
     if backend.writable:
-        # Its startService runs before the reactor reads a datagram (it is synchronous).
-        add_child(service, StaleUploadCleanup(backend))
+        # In a thread: serving starts at once; only files an hour old go.
+        add_child(service, StaleUploadCleanup(backend, reactor))
     return service
 
 

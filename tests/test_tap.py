@@ -432,12 +432,21 @@ def _documented_default(cell: str) -> Any:
     return int(number.group(1)) * (3600 if cell.endswith(" h") else 1)
 
 
+def _all_services(service: Any) -> list[Any]:
+    """``service`` and every service under it."""
+    found = [service]
+    for child in getattr(service, "services", []):
+        found += _all_services(child)
+    return found
+
+
 @pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
 async def test_a_writable_tftp_server_removes_stale_upload_files_at_start(tmp_path: Any) -> None:
     from twisted.logger import capturedLogs
 
     from netsvc import tftp_tap
     from netsvc.tftp.files import create_temp_file
+    from netsvc.tftp.server import StaleUploadCleanup
 
     def temp_file(directory: Any, target: bytes, age: float) -> Any:
         directory.mkdir(exist_ok=True)
@@ -463,6 +472,11 @@ async def test_a_writable_tftp_server_removes_stale_upload_files_at_start(tmp_pa
                 "--interface", "127.0.0.1", "--one-process",
             ))
             service.startService()
+            cleanups = [c for c in _all_services(service) if isinstance(c, StaleUploadCleanup)]
+            assert len(cleanups) == len(writable)  # only a writable server cleans up
+            for cleanup in cleanups:
+                assert cleanup.done is not None
+                await cleanup.done  # the walk runs in a thread
             await service.stopService()
     assert not any(path.exists() for path in stale)
     assert fresh.exists() and not_writable.exists()

@@ -999,3 +999,20 @@ def test_module_docstring_example(root: Path) -> None:
     assert read_all(ok(example.open_read(context("kernel")))) == b"vmlinuz"
     failed(example.open_read(context("../kernel")), AccessViolation)
     failed(example.open_write(context("boot.cfg", is_read=False), None), AccessViolation)
+
+
+def test_cleanup_stops_when_asked(root: Path) -> None:
+    for name in "abc":
+        (root / name).mkdir()
+        stale = root / name / (".f.0123456789ab" + TEMP_SUFFIX)
+        stale.write_bytes(b"")
+        os.utime(stale, (1000, 1000))
+    asked: list[int] = []
+
+    def stopping() -> bool:  # true from the second directory on
+        asked.append(1)
+        return len(asked) > 1
+
+    assert cleanup_stale_temp_files(root, 60, stopping=stopping) == 0  # the root has none
+    assert len(asked) == 2
+    assert [len(temp_files(root / name)) for name in "abc"] == [1, 1, 1]

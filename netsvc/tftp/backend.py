@@ -583,9 +583,12 @@ class FilesystemBackend:
 
     # -- housekeeping --
 
-    def cleanup_stale_temp_files(self, max_age: float = 3600.0) -> int:
-        """Remove upload temporary files under the root older than ``max_age`` seconds."""
-        return cleanup_stale_temp_files(self.root, max_age)
+    def cleanup_stale_temp_files(
+        self, max_age: float = 3600.0, *, stopping: Callable[[], bool] | None = None
+    ) -> int:
+        """Remove upload temporary files under the root older than ``max_age`` seconds
+        (see :func:`cleanup_stale_temp_files`)."""
+        return cleanup_stale_temp_files(self.root, max_age, stopping=stopping)
 
 
 def cleanup_stale_temp_files(
@@ -593,6 +596,7 @@ def cleanup_stale_temp_files(
     max_age: float = 3600.0,
     *,
     now: float | None = None,
+    stopping: Callable[[], bool] | None = None,
 ) -> int:
     """Delete leftover upload temporary files under ``root``; return how many.
 
@@ -601,11 +605,14 @@ def cleanup_stale_temp_files(
     links are not followed. Meant for start-up, after a crash: a live upload touches its
     file with every block, and ``max_age`` should exceed the longest stall of a transfer
     by far (the default is an hour). A removed file that was still in use fails its commit.
+    ``stopping()``, asked before each directory, ends the walk early when true.
     """
     cutoff = (time.time() if now is None else now) - max_age
     removed = 0
     top = os.fsencode(root)
     for directory, _dirs, files in os.walk(top, followlinks=False):
+        if stopping is not None and stopping():
+            break
         for name in files:
             if not _TEMP_NAME.match(name):
                 continue

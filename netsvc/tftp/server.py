@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -717,17 +718,42 @@ class StaleUploadCleanup(Service):
 
     Only files older than an hour (the default of
     :func:`netsvc.tftp.backend.cleanup_stale_temp_files`): a younger one may be an upload
-    that another server on the same root is receiving right now.
+    that another server on the same root is receiving right now. The walk runs in the
+    reactor's thread pool, so a large root delays neither the start nor any transfer; a
+    stop ends it early. :attr:`done` fires with the number of files removed.
     """
 
     log = Logger()
 
-    def __init__(self, backend: FilesystemBackend) -> None:
+    def __init__(self, backend: FilesystemBackend, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
         self.backend = backend
+        self.reactor = reactor
+        #: Fires with how many files the walk removed (0 if it failed: logged); ``None``
+        #: until the service starts.
+        self.done: Deferred[int] | None = None
+        self._stopping = False
 
     def startService(self) -> None:
         Service.startService(self)
-        removed = self.backend.cleanup_stale_temp_files()
+        self._stopping = False
+        self.done = deferToThreadPool(
+            self.reactor,
+            self.reactor.getThreadPool(),
+            self.backend.cleanup_stale_temp_files,
+            stopping=lambda: self._stopping,
+        )
+        self.done.addCallbacks(self._walked, self._failed)
+
+    def stopService(self) -> Deferred[int] | None:
+        Service.stopService(self)
+        # The walk notices before its next directory: the stop waits for that, not for
+        # the rest of the tree.
+        self._stopping = True
+        return self.done
+
+    def _walked(self, removed: int) -> int:
         if removed:
             self.log.info(
                 "tftp: removed {count} upload temporary file(s) that a crashed server left"
@@ -735,6 +761,11 @@ class StaleUploadCleanup(Service):
                 count=removed,
                 root=os.fsdecode(self.backend.root),
             )
+        return removed
+
+    def _failed(self, failure: Failure) -> int:
+        self.log.failure("tftp: the clean-up of stale upload files failed", failure)
+        return 0
 
 
 class _RequestListener(UDPListenService):
