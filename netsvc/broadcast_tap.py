@@ -17,30 +17,23 @@ from netsvc.broadcast.interfaces import TargetSpec
 from netsvc.broadcast.service import (
     DEFAULT_LIMITS,
     DISCOVERY_PORT,
+    MIN_ANNOUNCE_INTERVAL,
     BroadcastLimits,
     broadcast_service,
 )
-from netsvc.broadcast.wire import ServiceEntry, WireError, check_node_name
+from netsvc.broadcast.wire import MAX_TTL, ServiceEntry, WireError, check_node_name
 from netsvc.tapkit import (
     Flag,
     Param,
     ServiceSpec,
     Values,
     make_standalone_service,
-    non_negative_float,
-    port_number,
-    positive_int,
+    number,
     standalone_options,
+    whole_number,
 )
 
 __all__ = ["BROADCAST_SPEC", "Options", "build_broadcast", "makeService", "service_list"]
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError(f"{text} is not a positive number")
-    return value
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -59,6 +52,17 @@ def service_list(text: str) -> tuple[ServiceEntry, ...]:
         except WireError as error:
             raise ValueError(f"{item!r}: {error}") from None
     return tuple(entries)
+
+
+def _advertised(text: str) -> tuple[ServiceEntry, ...]:
+    """``--advertise``: :func:`service_list`, with an error that names the option."""
+    try:
+        return service_list(text)
+    except ValueError as error:
+        raise ValueError(
+            f"advertise must be services as NAME/PROTOCOL/PORT separated by commas,"
+            f" not {text!r}: {error}"
+        ) from None
 
 
 def _targets(values: Values) -> TargetSpec:
@@ -90,7 +94,7 @@ def build_broadcast(values: Values, reactor: Any) -> IService:
         announce=bool(values["announce"]),
         respond=bool(values["discovery"]),
         interval=interval,
-        ttl=round(values["ttl"]) or None,
+        ttl=values["ttl"] or None,
         targets=_targets(values),
         limits=_limits(values),
     )
@@ -100,14 +104,27 @@ def _check(values: Values) -> None:
     try:
         if values["name"]:
             check_node_name(values["name"])
-        _targets(values)
         _limits(values)
     except (ValueError, WireError) as error:
         raise usage.UsageError(str(error)) from None
-    ttl = values["ttl"]
-    if ttl and ttl < values["interval"]:
+    try:
+        _targets(values)
+    except ValueError as error:
         raise usage.UsageError(
-            "--ttl shorter than --interval: peers would expire between two announcements"
+            f"addresses must be IPv4 addresses separated by commas,"
+            f" not {values['addresses']!r}: {error}"
+        ) from None
+    ttl, interval = values["ttl"], values["interval"]
+    if ttl and ttl < interval:
+        raise usage.UsageError(
+            f"ttl must be 0 or at least the interval ({interval:g} s), not {ttl}: peers would"
+            " expire between two announcements"
+        )
+    if not ttl and round(3 * interval) > MAX_TTL:
+        raise usage.UsageError(
+            f"interval {interval:g} makes the default ttl (three intervals) longer than the"
+            f" {MAX_TTL} seconds an announcement can carry: give a ttl from {interval:g}"
+            f" to {MAX_TTL}"
         )
 
 
@@ -119,7 +136,7 @@ BROADCAST_SPEC = ServiceSpec(
             "port",
             DISCOVERY_PORT,
             f"UDP port shared by all nodes ({DISCOVERY_PORT}).",
-            port_number,
+            whole_number("port", 1, 65535, " (nodes share it: 0 would pick a random one)"),
             "p",
         ),
         Param(
@@ -130,12 +147,18 @@ BROADCAST_SPEC = ServiceSpec(
             "i",
         ),
         Param("name", "", "Node name shown by netsvc discover (default: the host name)."),
-        Param("interval", 10.0, "Seconds between announcements.", _positive_float),
+        Param(
+            "interval",
+            10.0,
+            f"Seconds between announcements (at least {MIN_ANNOUNCE_INTERVAL:g}).",
+            number("interval", "seconds", at_least=MIN_ANNOUNCE_INTERVAL),
+        ),
         Param(
             "ttl",
-            0.0,
-            "Seconds listeners keep this node without news (0: three intervals).",
-            non_negative_float,
+            0,
+            "Whole seconds listeners keep this node without news, at most"
+            f" {MAX_TTL} (0: three intervals).",
+            whole_number("ttl", 0, MAX_TTL, " (0: three intervals)"),
         ),
         Param(
             "interfaces",
@@ -153,21 +176,24 @@ BROADCAST_SPEC = ServiceSpec(
             "advertise",
             (),
             "Services to advertise besides the suite's own, as NAME/PROTO/PORT,... (tftp/udp/69).",
-            service_list,
+            _advertised,
         ),
         Param(
             "reply-rate",
             DEFAULT_LIMITS.reply_rate,
             "Discovery replies per second per source address.",
-            _positive_float,
+            number("reply-rate", "replies per second"),
         ),
         Param(
             "reply-burst",
             DEFAULT_LIMITS.reply_burst,
-            "Discovery replies a source may get at once.",
-            _positive_float,
+            "Discovery replies a source may get at once (at least 1).",
+            number("reply-burst", "replies", at_least=1),
         ),
-        Param("max-peers", DEFAULT_LIMITS.max_peers, "Nodes kept in the peer table.", positive_int),
+        Param(
+            "max-peers", DEFAULT_LIMITS.max_peers, "Nodes kept in the peer table.",
+            whole_number("max-peers", 1),
+        ),
     ],
     flags=[
         Flag(

@@ -10,6 +10,7 @@ Two specs share every limit option and differ only in how they listen:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.application.service import IService
@@ -24,30 +25,30 @@ from netsvc.tapkit import (
     ServiceSpec,
     Values,
     make_standalone_service,
-    non_negative_float,
-    non_negative_int,
-    port_number,
-    positive_int,
+    number,
     standalone_options,
+    whole_number,
 )
 
 _DEFAULTS = ChatLimits()
+_NO_LIMIT = " (0: no limit)"
 
 
-def charset_name(text: str) -> str:
-    """Parse a charset name that the chat can use (see ``lookup_charset``)."""
-    try:
-        lookup_charset(text)
-    except CharsetError as error:
-        raise ValueError(str(error)) from None
-    return text
+def charset_option(name: str) -> Callable[[str], str]:
+    """The coerce function of option ``name``: a charset the chat can use (see
+    ``lookup_charset``); its error names the option and says why the charset is refused."""
 
+    def coerce(text: str) -> str:
+        try:
+            lookup_charset(text)
+        except CharsetError as error:
+            raise ValueError(
+                f"{name} must be an ASCII-compatible charset (like utf-8 or gb2312),"
+                f" not {text!r}: {error}"
+            ) from None
+        return text
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError(f"{text} is not a positive number")
-    return value
+    return coerce
 
 
 def _off_if_zero(value: Any) -> Any:
@@ -104,6 +105,12 @@ def _check(values: Values) -> None:
     lobby = values["lobby"]
     if lobby and room_problem(lobby.removeprefix("#")):
         raise usage.UsageError(f"--lobby {lobby!r}: {room_problem(lobby.removeprefix('#'))}")
+    line = values["max-line"] + 2  # ChatLimits: the byte burst holds one line and its CRLF
+    if values["flood-byte-burst"] < line:
+        raise usage.UsageError(
+            f"flood-byte-burst must be at least max-line + 2 = {line} bytes (one longest"
+            f" line and its CRLF), not {values['flood-byte-burst']:g}"
+        )
     try:
         limits_from(values)
     except ValueError as error:
@@ -111,7 +118,10 @@ def _check(values: Values) -> None:
 
 
 _LISTEN_STANDALONE = [
-    Param("port", CHAT_PORT, f"TCP port (default {CHAT_PORT}).", port_number, "p"),
+    Param(
+        "port", CHAT_PORT, f"TCP port (default {CHAT_PORT}).", whole_number("port", 0, 65535),
+        "p",
+    ),
     Param(
         "interface", "",
         "Address to listen on: IPv4 or IPv6, :: for dual-stack (default: all IPv4).",
@@ -126,78 +136,91 @@ _COMMON = [
         " or tcp6:7777 (a bare port number means tcp:PORT).",
         suite_name="chat",
     ),
-    Param("charset", "utf-8", "Charset clients speak until they say /charset.", charset_name),
+    Param(
+        "charset", "utf-8", "Charset clients speak until they say /charset.",
+        charset_option("charset"),
+    ),
     Param(
         "extra-endpoint", None,
         "A second listener sharing the same rooms, e.g. tcp:7778 for legacy clients.",
     ),
-    Param("extra-charset", "gb2312", "Default charset of the second listener.", charset_name),
+    Param(
+        "extra-charset", "gb2312", "Default charset of the second listener.",
+        charset_option("extra-charset"),
+    ),
     Param(
         "max-line", _DEFAULTS.max_line_bytes, "Longest line a client may send, in bytes.",
-        positive_int,
+        whole_number("max-line", 1),
     ),
     Param(
         "sendq", _DEFAULTS.sendq_bytes,
         "Bytes queued for a client that does not read, beyond the transport's 64 KiB,"
         " before it is disconnected (SendQ exceeded).",
-        positive_int,
+        whole_number("sendq", 1),
     ),
     Param(
         "flood-lines", _DEFAULTS.flood_lines_per_second,
         "Lines per second a connection may send, sustained (0: no limit).",
-        non_negative_float,
+        number("flood-lines", "lines per second", zero_means="no limit"),
     ),
     Param(
         "flood-line-burst", _DEFAULTS.flood_line_burst,
-        "Lines a connection may send at once.", _positive_float,
+        "Lines a connection may send at once (at least 1).",
+        number("flood-line-burst", "lines", at_least=1),
     ),
     Param(
         "flood-bytes", _DEFAULTS.flood_bytes_per_second,
         "Bytes per second a connection may send, sustained (0: no limit).",
-        non_negative_float,
+        number("flood-bytes", "bytes per second", zero_means="no limit"),
     ),
     Param(
         "flood-byte-burst", _DEFAULTS.flood_byte_burst,
-        "Bytes a connection may send at once (at least one longest line).", _positive_float,
+        "Bytes a connection may send at once (at least one longest line: max-line + 2).",
+        number("flood-byte-burst", "bytes"),
     ),
     Param(
         "flood-disconnect-after", _DEFAULTS.flood_disconnect_after,
         "Disconnect a client held back by flood control this many seconds in a row"
         " (0: never).",
-        non_negative_float,
+        number("flood-disconnect-after", "seconds", zero_means="never"),
     ),
     Param(
         "max-connections", _DEFAULTS.max_connections,
-        "Most connections at once (0: no limit).", non_negative_int,
+        "Most connections at once (0: no limit).",
+        whole_number("max-connections", 0, note=_NO_LIMIT),
     ),
     Param(
         "max-per-peer", _DEFAULTS.max_connections_per_peer,
-        "Most connections from one IP address (0: no limit).", non_negative_int,
+        "Most connections from one IP address (0: no limit).",
+        whole_number("max-per-peer", 0, note=_NO_LIMIT),
     ),
     Param(
         "register-timeout", _DEFAULTS.register_timeout,
         "Seconds a connection may take to choose a nickname (0: forever).",
-        non_negative_float,
+        number("register-timeout", "seconds", zero_means="forever"),
     ),
     Param(
         "idle-timeout", 0.0,
         "Close connections that send nothing for this many seconds (0: never).",
-        non_negative_float,
+        number("idle-timeout", "seconds", zero_means="never"),
     ),
     Param("lobby", _DEFAULTS.lobby, "Room every user joins first (empty: none)."),
     Param(
         "history", _DEFAULTS.history_lines,
-        "Messages kept per room and replayed on join (0: none).", non_negative_int,
+        "Messages kept per room and replayed on join (0: none).",
+        whole_number("history", 0, note=" (0: none)"),
     ),
-    Param("max-rooms", _DEFAULTS.max_rooms, "Most rooms at once.", positive_int),
+    Param(
+        "max-rooms", _DEFAULTS.max_rooms, "Most rooms at once.", whole_number("max-rooms", 1),
+    ),
     Param(
         "max-rooms-per-user", _DEFAULTS.max_rooms_per_user,
-        "Most rooms one user may be in.", positive_int,
+        "Most rooms one user may be in.", whole_number("max-rooms-per-user", 1),
     ),
     Param(
         "presence-limit", _DEFAULTS.presence_limit,
         "Rooms with more members do not announce joins, parts and quits (0: always).",
-        non_negative_int,
+        whole_number("presence-limit", 0, note=" (0: always announce)"),
     ),
 ]
 

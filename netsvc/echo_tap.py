@@ -14,13 +14,13 @@ from netsvc.tapkit import (
     ServiceSpec,
     Values,
     make_standalone_service,
-    non_negative_float,
-    non_negative_int,
-    port_number,
+    number,
     standalone_options,
+    whole_number,
 )
 
 _DEFAULTS = EchoLimits()
+_NO_LIMIT = " (0: no limit)"
 N = TypeVar("N", int, float)
 
 
@@ -49,13 +49,6 @@ def build_echo(values: Values, reactor: Any) -> IService:
     )
 
 
-def _burst(text: str) -> float:
-    value = float(text)
-    if not value >= 1:
-        raise ValueError(f"{text} is less than one datagram")
-    return value
-
-
 def _check(values: Values) -> None:
     if values["no-tcp"] and values["no-udp"]:
         raise usage.UsageError("switching off both TCP and UDP leaves no echo to run")
@@ -65,7 +58,13 @@ ECHO_SPEC = ServiceSpec(
     name="echo",
     description="RFC 862 echo over TCP and UDP",
     params=[
-        Param("port", ECHO_PORT, "TCP and UDP port (RFC 862: 7).", port_number, "p"),
+        Param(
+            "port",
+            ECHO_PORT,
+            "TCP and UDP port (RFC 862: 7).",
+            whole_number("port", 0, 65535),
+            "p",
+        ),
         Param(
             "interface",
             "",
@@ -84,29 +83,29 @@ ECHO_SPEC = ServiceSpec(
             "max-connections",
             _DEFAULTS.max_connections,
             "Most TCP connections at once (0: no limit).",
-            non_negative_int,
+            whole_number("max-connections", 0, note=_NO_LIMIT),
         ),
         Param(
             "max-per-peer", 0, "Most TCP connections from one address (0: no limit).",
-            non_negative_int,
+            whole_number("max-per-peer", 0, note=_NO_LIMIT),
         ),
         Param(
             "idle-timeout",
             0.0,
             "Close TCP connections idle this many seconds (0: never).",
-            non_negative_float,
+            number("idle-timeout", "seconds", zero_means="never"),
         ),
         Param(
             "udp-rate",
             _DEFAULTS.udp_rate,
             "UDP datagrams answered per second per source address (0: no limit).",
-            non_negative_float,
+            number("udp-rate", "datagrams per second", zero_means="no limit"),
         ),
         Param(
             "udp-burst",
             _DEFAULTS.udp_burst,
             "UDP datagrams a source may send at once before its rate applies (at least 1).",
-            _burst,
+            number("udp-burst", "datagrams", at_least=1),
         ),
     ],
     flags=[

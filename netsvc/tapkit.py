@@ -86,38 +86,6 @@ class ServiceSpec:
 T = TypeVar("T")
 
 
-def positive_int(text: str) -> int:
-    """Parse a whole number greater than zero."""
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"{text} is not a positive whole number")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """Parse a whole number of at least zero (0 usually means "no limit")."""
-    value = int(text)
-    if value < 0:
-        raise ValueError(f"{text} is negative")
-    return value
-
-
-def port_number(text: str) -> int:
-    """Parse a TCP/UDP port number (0 lets the system choose)."""
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise ValueError(f"{text} is not a port number (0-65535)")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """Parse a number of seconds or a rate; 0 usually means "off"."""
-    value = float(text)
-    if not value >= 0:  # also rejects NaN
-        raise ValueError(f"{text} is not a non-negative number")
-    return value
-
-
 def checked(
     name: str, parse: Callable[[str], T], valid: Callable[[T], bool], allowed: str
 ) -> Callable[[str], T]:
@@ -154,8 +122,20 @@ def whole_number(
     )
 
 
-def number(name: str, unit: str, *, zero_means: str | None = None) -> Callable[[str], float]:
-    """A finite number above 0; also 0 when ``zero_means`` says what 0 does."""
+def number(
+    name: str, unit: str, *, zero_means: str | None = None, at_least: float | None = None
+) -> Callable[[str], float]:
+    """A finite number above 0; also 0 when ``zero_means`` says what 0 does.
+
+    With ``at_least``, a finite number from ``at_least`` instead (a burst of at least one
+    datagram: ``at_least=1``).
+    """
+    if at_least is not None:
+        if zero_means is not None:
+            raise TypeError("number() takes zero_means or at_least, not both")
+        low = at_least
+        allowed = f"a number of {unit}, {low:g} or more"
+        return checked(name, float, lambda value: low <= value < math.inf, allowed)
     if zero_means is None:
         return checked(
             name, float, lambda value: 0 < value < math.inf, f"a number of {unit} above 0"
