@@ -397,3 +397,12 @@ def test_service_list_parser() -> None:
 
 def test_target_spec_default_excludes_limited_broadcast() -> None:
     assert "255.255.255.255" not in [t.address for t in TargetSpec().resolve(lambda: [])]
+
+
+@pytest.mark.parametrize("interval", [0.0, 0.01, -1.0, float("inf"), float("nan")])
+def test_the_library_refuses_an_announcement_flood(interval: float) -> None:
+    # The plugin's option refuses these too (tests/test_tap_option_errors.py); an
+    # embedding program gets the same floor.
+    with pytest.raises(ValueError, match=r"interval must be a finite number of seconds from 0\.1"):
+        node(FakeUDPReactor(), "a", announce=True, interval=interval, start=False)
+    node(FakeUDPReactor(), "a", announce=True, interval=0.1, start=False)

@@ -19,6 +19,7 @@ is logged at most once a minute.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections.abc import Callable, Iterable, Sequence
@@ -64,6 +65,7 @@ from netsvc.ratelimit import NEVER, Admission, PerKeyRateLimiter, TokenBucket
 __all__ = [
     "DEFAULT_LIMITS",
     "DISCOVERY_PORT",
+    "MIN_ANNOUNCE_INTERVAL",
     "AnnounceService",
     "BroadcastLimits",
     "BroadcastNode",
@@ -85,6 +87,9 @@ DISCOVERY_PORT = 27492
 #: shows up as oversized instead of being silently truncated into a valid-looking one.
 _RECEIVE_SIZE = MAX_MESSAGE_SIZE + 1
 _SUMMARY_EVERY = 60.0
+#: Shortest interval between announcements (seconds): a node is a neighbour on a LAN,
+#: where every host receives every broadcast, not a flood.
+MIN_ANNOUNCE_INTERVAL = 0.1
 
 
 def new_node_id() -> bytes:
@@ -403,6 +408,14 @@ class SharedUDPListenService(UDPListenService):
         return UDPListenService._listen(self)
 
 
+def _check_interval(interval: float) -> None:
+    if not MIN_ANNOUNCE_INTERVAL <= interval < math.inf:
+        raise ValueError(
+            f"interval must be a finite number of seconds from {MIN_ANNOUNCE_INTERVAL},"
+            f" got {interval}"
+        )
+
+
 class AnnounceService(Service):
     """Sends ``node``'s announcement every ``interval`` seconds to ``targets()``.
 
@@ -421,8 +434,7 @@ class AnnounceService(Service):
         port: int,
         interval: float,
     ) -> None:
-        if not interval > 0:
-            raise ValueError(f"interval must be positive, got {interval}")
+        _check_interval(interval)
         self.reactor = reactor
         self.node = node
         self.targets = targets
@@ -567,6 +579,7 @@ def broadcast_service(
     parent (what ``twistd netsvc`` runs). ``reactor`` provides ``IReactorUDP`` (and
     ``IReactorMulticast`` to share the port) and ``IReactorTime``.
     """
+    _check_interval(interval)
     if ttl is None:
         ttl = max(1, round(3 * interval))
     node_name = name or default_node_name()
