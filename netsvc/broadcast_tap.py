@@ -21,7 +21,14 @@ from netsvc.broadcast.service import (
     BroadcastLimits,
     broadcast_service,
 )
-from netsvc.broadcast.wire import MAX_TTL, ServiceEntry, WireError, check_node_name
+from netsvc.broadcast.wire import (
+    MAX_NAME_BYTES,
+    MAX_SERVICES,
+    MAX_TTL,
+    ServiceEntry,
+    WireError,
+    check_node_name,
+)
 from netsvc.tapkit import (
     Flag,
     Param,
@@ -55,14 +62,24 @@ def service_list(text: str) -> tuple[ServiceEntry, ...]:
 
 
 def _advertised(text: str) -> tuple[ServiceEntry, ...]:
-    """``--advertise``: :func:`service_list`, with an error that names the option."""
+    """``--advertise``: :func:`service_list`, with an error that names the option.
+
+    At most :data:`MAX_SERVICES` services: an announcement carries no more, and the rest
+    would be dropped without a word.
+    """
     try:
-        return service_list(text)
+        entries = service_list(text)
     except ValueError as error:
         raise ValueError(
             f"advertise must be services as NAME/PROTOCOL/PORT separated by commas,"
             f" not {text!r}: {error}"
         ) from None
+    if len(entries) > MAX_SERVICES:
+        raise ValueError(
+            f"advertise must be at most {MAX_SERVICES} services (all an announcement"
+            f" carries), not {len(entries)}: {text!r}"
+        )
+    return entries
 
 
 def _targets(values: Values) -> TargetSpec:
@@ -101,11 +118,18 @@ def build_broadcast(values: Values, reactor: Any) -> IService:
 
 
 def _check(values: Values) -> None:
+    name = values["name"]
     try:
-        if values["name"]:
-            check_node_name(values["name"])
+        if name:
+            check_node_name(name)
+    except WireError as error:
+        raise usage.UsageError(
+            f"name must be a node name of at most {MAX_NAME_BYTES} UTF-8 bytes without"
+            f" control characters (empty: the host name), not {name!r}: {error}"
+        ) from None
+    try:
         _limits(values)
-    except (ValueError, WireError) as error:
+    except ValueError as error:
         raise usage.UsageError(str(error)) from None
     try:
         _targets(values)

@@ -92,8 +92,16 @@ def build_chat(values: Values, reactor: Any) -> IService:
     )
 
 
+#: How errors name each endpoint option: right in ``twistd netsvc-chat`` and in the suite,
+#: where ``--endpoint`` is ``--chat`` and ``--extra-endpoint`` is ``--chat-extra-endpoint``.
+_ENDPOINT_OPTIONS = {
+    "endpoint": ("--endpoint (--chat in the suite)", "tcp:7777"),
+    "extra-endpoint": ("extra-endpoint", "tcp:7778"),
+}
+
+
 def _check(values: Values) -> None:
-    for name in ("endpoint", "extra-endpoint"):
+    for name, (label, example) in _ENDPOINT_OPTIONS.items():
         text = values[name]
         if text is None:
             continue
@@ -101,10 +109,16 @@ def _check(values: Values) -> None:
             # Parsing needs no reactor; the endpoint is only stored, never used.
             serverFromString(cast(Any, None), endpoint_description(text))
         except Exception as error:
-            raise usage.UsageError(f"--{name} {text!r}: {error}") from None
+            raise usage.UsageError(
+                f"{label} must be a server endpoint like {example} or a port number,"
+                f" not {text!r}: {error}"
+            ) from None
     lobby = values["lobby"]
-    if lobby and room_problem(lobby.removeprefix("#")):
-        raise usage.UsageError(f"--lobby {lobby!r}: {room_problem(lobby.removeprefix('#'))}")
+    problem = lobby and room_problem(lobby.removeprefix("#"))
+    if problem:
+        raise usage.UsageError(
+            f"lobby must be a room name (empty: no lobby), not {lobby!r}: {problem}"
+        )
     line = values["max-line"] + 2  # ChatLimits: the byte burst holds one line and its CRLF
     if values["flood-byte-burst"] < line:
         raise usage.UsageError(

@@ -1,7 +1,8 @@
 """Option values of the echo, chat and broadcast plugins, alone and in the suite.
 
 A bad value is a usage error whose message names the option (as both ``twistd
-netsvc-echo --port`` and ``twistd netsvc --echo-port`` spell it: ``port``), quotes the
+netsvc-echo --port`` and ``twistd netsvc --echo-port`` spell it: ``port``; or both
+spellings when they share nothing: ``--endpoint (--chat in the suite)``), quotes the
 value and says what the option takes; a good value reaches the service it configures.
 """
 
@@ -15,7 +16,7 @@ from twisted.application.service import IServiceCollection
 from twisted.python import usage
 
 from netsvc import broadcast_tap, chat_tap, echo_tap, tap, tapkit
-from netsvc.broadcast.wire import MAX_TTL, ServiceEntry
+from netsvc.broadcast.wire import MAX_NAME_BYTES, MAX_SERVICES, MAX_TTL, ServiceEntry
 from netsvc.listening import TCPListenService, UDPListenService
 
 
@@ -23,25 +24,48 @@ class Plugin:
     """One plugin: its standalone options, its suite prefix and what switches it on."""
 
     def __init__(
-        self, module: Any, prefix: str, standalone_args: list[str], suite_args: list[str]
+        self,
+        module: Any,
+        suite_spec: tapkit.ServiceSpec,
+        standalone_args: list[str],
+        suite_args: list[str],
     ) -> None:
         self.module = module
-        self.prefix = prefix
+        self.prefix = f"{suite_spec.name}-"
+        self.suite_spec = suite_spec
         self.standalone_args = standalone_args
         self.suite_args = suite_args
+
+    def spelling(self, suite: bool, option: str) -> str:
+        """``option`` (a standalone name) as the mode spells it, without dashes: in the
+        suite ``<prefix><option>`` unless the spec names it otherwise (``--chat``)."""
+        if not suite:
+            return option
+        for param in self.suite_spec.params:
+            if param.name == option and param.suite_name:
+                return param.suite_name
+        return f"{self.prefix}{option}"
+
+    def error_name(self, option: str) -> str:
+        """How an error names ``option`` to be right in both modes: the name both
+        spellings share (``max-line``), or both spellings (``--endpoint`` is ``--chat``)."""
+        suite_spelling = self.spelling(True, option)
+        if suite_spelling == f"{self.prefix}{option}":
+            return option
+        return f"--{option} (--{suite_spelling} in the suite)"
 
     def argv(self, suite: bool, pairs: list[tuple[str, str]]) -> list[str]:
         """The command line giving each ``(option, value)`` pair, plus the switches."""
         argv = list(self.suite_args if suite else self.standalone_args)
         for option, value in pairs:
-            argv += [f"--{self.prefix if suite else ''}{option}", value]
+            argv += [f"--{self.spelling(suite, option)}", value]
         return argv
 
     def options_class(self, suite: bool) -> Any:  # a usage.Options subclass
         return tap.Options if suite else self.module.Options
 
     def takes(self, suite: bool, option: str) -> bool:
-        name = f"{self.prefix}{option}" if suite else option
+        name = self.spelling(suite, option)
         return any(row[0] == name for row in self.options_class(suite).optParameters)
 
     def service(self, suite: bool, options: usage.Options) -> Any:
@@ -54,10 +78,13 @@ class Plugin:
 
 
 PLUGINS = {
-    "echo": Plugin(echo_tap, "echo-", [], []),
-    "chat": Plugin(chat_tap, "chat-", [], ["--chat", "7777"]),
+    "echo": Plugin(echo_tap, echo_tap.ECHO_SPEC, [], []),
+    "chat": Plugin(chat_tap, chat_tap.CHAT_SPEC, [], ["--chat", "7777"]),
     "broadcast": Plugin(
-        broadcast_tap, "broadcast-", ["--announce", "--discovery"], ["--announce", "--discovery"]
+        broadcast_tap,
+        broadcast_tap.BROADCAST_SPEC,
+        ["--announce", "--discovery"],
+        ["--announce", "--discovery"],
     ),
 }
 MODES = {"standalone": False, "suite": True}
@@ -129,6 +156,13 @@ BAD_VALUES = [
     ("chat", "max-rooms-per-user", "0", "at least 1"),
     ("chat", "max-rooms-per-user", "nan", "whole number"),
     ("chat", "presence-limit", "-1", "at least 0 (0: always announce)"),
+    ("chat", "endpoint", "bogus:1234", "server endpoint like tcp:7777 or a port number"),
+    ("chat", "endpoint", "tcp:notaport", "server endpoint"),
+    ("chat", "extra-endpoint", "bogus:1", "server endpoint like tcp:7778 or a port number"),
+    ("chat", "extra-endpoint", "unix", "server endpoint"),
+    ("chat", "lobby", "two words", "room name (empty: no lobby)"),
+    ("chat", "lobby", "#", "cannot be empty"),
+    ("chat", "lobby", "#" + "x" * 33, "at most 32 characters"),
     ("broadcast", "port", "0", "from 1 to 65535"),
     ("broadcast", "port", "65536", "from 1 to 65535"),
     ("broadcast", "port", "discovery", "whole number"),
@@ -143,6 +177,16 @@ BAD_VALUES = [
     ("broadcast", "ttl", "inf", "whole number"),
     ("broadcast", "advertise", "tftp/udp", "NAME/PROTOCOL/PORT"),
     ("broadcast", "advertise", "tftp/udp/0", "NAME/PROTOCOL/PORT"),
+    # An announcement carries MAX_SERVICES: the rest would be dropped without a word.
+    (
+        "broadcast",
+        "advertise",
+        ",".join(f"s{n}/udp/{1000 + n}" for n in range(MAX_SERVICES + 1)),
+        f"at most {MAX_SERVICES} services (all an announcement carries), not {MAX_SERVICES + 1}",
+    ),
+    ("broadcast", "name", "a\x07", "without control characters (empty: the host name)"),
+    ("broadcast", "name", "n" * (MAX_NAME_BYTES + 1), f"at most {MAX_NAME_BYTES} UTF-8 bytes"),
+    ("broadcast", "name", "\u00e9" * (MAX_NAME_BYTES // 2 + 1), "UTF-8 bytes"),
     ("broadcast", "reply-rate", "0", "above 0"),
     ("broadcast", "reply-rate", "nan", "above 0"),
     ("broadcast", "reply-rate", "inf", "above 0"),
@@ -153,6 +197,11 @@ BAD_VALUES = [
     ("broadcast", "max-peers", "1e3", "whole number"),
     ("broadcast", "addresses", "eth0", "IPv4 addresses"),
 ]
+
+
+def _short(value: str) -> str:
+    """``value`` for a test id: long ones cut short."""
+    return value if len(value) <= 24 else f"{value[:16]}...({len(value)} chars)"
 
 
 def _in_each_mode(
@@ -171,7 +220,7 @@ def _in_each_mode(
 
 def _bad_value_cases() -> list[Any]:
     return _in_each_mode(
-        BAD_VALUES, lambda rest: [rest[0]], lambda rest: f"{rest[0]}={rest[1]}"
+        BAD_VALUES, lambda rest: [rest[0]], lambda rest: f"{rest[0]}={_short(rest[1])}"
     )
 
 
@@ -183,7 +232,10 @@ def test_a_bad_value_is_a_usage_error_naming_the_option(
     with pytest.raises(usage.UsageError) as raised:
         parse(spec.options_class(suite), spec.argv(suite, [(option, value)]))
     message = str(raised.value)
-    assert f"{option} must be" in message, message
+    assert f"{spec.error_name(option)} must be" in message, message
+    # A spelling with dashes is right in one mode only: never without the other one.
+    standalone, in_suite = (f"--{spec.spelling(mode, option)}" for mode in (False, True))
+    assert (standalone in message) == (in_suite in message), message
     assert repr(value) in message and allowed in message, message
 
 
@@ -272,6 +324,10 @@ GOOD_VALUES: list[tuple[str, list[tuple[str, str]], Get, Any]] = [
     ("chat", [("max-rooms", "1")], lambda s: _chat_limits(s).max_rooms, 1),
     ("chat", [("max-rooms-per-user", "3")], lambda s: _chat_limits(s).max_rooms_per_user, 3),
     ("chat", [("presence-limit", "0")], lambda s: _chat_limits(s).presence_limit, None),
+    ("chat", [("endpoint", "tcp:7010")], lambda s: _tcp(s).description, "tcp:7010"),
+    ("chat", [("endpoint", "7011")], lambda s: _tcp(s).description, "tcp:7011"),
+    ("chat", [("lobby", "#hall")], lambda s: _chat_limits(s).lobby, "#hall"),
+    ("chat", [("lobby", "")], lambda s: _chat_limits(s).lobby, None),
     ("broadcast", [("port", "65535")], lambda s: s.listener.port_number, 65535),
     ("broadcast", [("interval", "2")], lambda s: (s.announcer.interval, s.node.ttl), (2.0, 6)),
     ("broadcast", [("interval", "28800")], lambda s: s.node.ttl, MAX_TTL),
@@ -279,6 +335,10 @@ GOOD_VALUES: list[tuple[str, list[tuple[str, str]], Get, Any]] = [
     ("broadcast", [("ttl", "0")], lambda s: s.node.ttl, 30),
     ("broadcast", [("advertise", "tftp/udp/69")],
      lambda s: ServiceEntry("tftp", "udp", 69) in s.node.info().services, True),
+    ("broadcast", [("advertise", ",".join(f"s{n}/tcp/{n + 1}" for n in range(MAX_SERVICES)))],
+     lambda s: len(s.node.info().services), MAX_SERVICES),
+    ("broadcast", [("name", "n" * MAX_NAME_BYTES)],
+     lambda s: s.node.info().name, "n" * MAX_NAME_BYTES),
     ("broadcast", [("reply-rate", "0.5")], lambda s: s.node.limits.reply_rate, 0.5),
     ("broadcast", [("reply-burst", "1")], lambda s: s.node.limits.reply_burst, 1.0),
     ("broadcast", [("max-peers", "1")], lambda s: s.node.table.max_peers, 1),
@@ -289,7 +349,7 @@ def _good_value_cases() -> list[Any]:
     return _in_each_mode(
         GOOD_VALUES,
         lambda rest: [option for option, _ in rest[0]],
-        lambda rest: ",".join(f"{option}={value}" for option, value in rest[0]),
+        lambda rest: ",".join(f"{option}={_short(value)}" for option, value in rest[0]),
     )
 
 
