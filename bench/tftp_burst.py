@@ -25,6 +25,9 @@ alternating, medians of --runs):
              1468, 1 MiB is 715 blocks, so ~1,433 with no loss; the rest are
              retransmissions, by the server's timer or the client's
   drops      datagrams dropped for a full receive buffer (RcvbufErrors)
+  ipis       inter-processor interrupts per download (/proc/interrupts: rescheduling and
+             function-call IPIs of all CPUs; anything on the machine counts): a wake-up
+             of a task on the other CPU sends one, a wake-up on the waker's CPU none
   idle       CPU-seconds the CPUs had nothing to run: time lost to waiting, not to work
 
 ``--steady`` runs fewer, longer downloads instead (default 20 x 8 MiB): the starting
@@ -73,6 +76,7 @@ class Burst:
     busy: float  # CPU-seconds all CPUs worked, on anything (this machine's other tenants too)
     datagrams: int  # UDP datagrams sent during the burst, by anyone
     drops: int  # UDP datagrams dropped for a full receive buffer
+    ipis: int  # rescheduling and function-call IPIs during the burst (all CPUs)
 
     @property
     def unaccounted(self) -> float:
@@ -100,11 +104,23 @@ def udp_counters() -> tuple[int, int]:
     return fields["OutDatagrams"], fields["RcvbufErrors"]
 
 
+def ipi_count() -> int:
+    """Rescheduling and function-call inter-processor interrupts since boot, all CPUs."""
+    total = 0
+    with open("/proc/interrupts") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name.strip() in ("RES", "CAL"):
+                total += sum(int(field) for field in rest.split() if field.isdigit())
+    return total
+
+
 def run_burst(
     port: int, count: int, blksize: int, remote: str, out: Path
-) -> tuple[tb.ClientsRun, tuple[float, float, float, int, int]]:
+) -> tuple[tb.ClientsRun, tuple[float, float, float, int, int, int]]:
     """Start ``count`` curls at once (tftp_bench's run_clients): what they did, the CPUs'
-    idle, softirq and busy time, and the UDP datagrams sent and dropped until the last exit."""
+    idle, softirq and busy time, the UDP datagrams sent and dropped, and the IPIs, until the
+    last exit."""
     argvs = [
         [
             "curl", "-s", "-S", "-o", str(out / f"f{index}"), "--tftp-blksize", str(blksize),
@@ -114,9 +130,11 @@ def run_burst(
     ]
     idle, softirq, busy = cpu_times()
     sent, dropped = udp_counters()
+    ipis = ipi_count()
     run = tb.run_clients(argvs, [out / f"f{index}" for index in range(count)], CLIENT_TIMEOUT + 5)
     idle_after, softirq_after, busy_after = cpu_times()
     sent_after, dropped_after = udp_counters()
+    ipis_after = ipi_count()
     failed = [code for code in run.codes if code != 0]
     if failed:
         raise tb.BenchError(f"{len(failed)} clients failed (exit statuses {failed[:5]})")
@@ -126,6 +144,7 @@ def run_burst(
         busy_after - busy,
         sent_after - sent,
         dropped_after - dropped,
+        ipis_after - ipis,
     )
 
 
@@ -202,7 +221,8 @@ def main() -> int:
                     f" {burst.server_cpu:.2f}s, softirq {burst.softirq:.2f}s,"
                     f" CPUs idle {burst.idle:.2f}s, busy {burst.busy:.2f}s of which"
                     f" {burst.unaccounted:.2f}s other, {burst.datagrams / clients:.0f}"
-                    f" datagrams per download, {burst.drops} dropped"
+                    f" datagrams per download, {burst.drops} dropped,"
+                    f" {burst.ipis / clients:.0f} IPIs per download"
                 )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -215,7 +235,7 @@ def main() -> int:
         f"{'server':10s} {'last exit':>9s} {'x':>5s} {'launched':>8s} {'exit50%':>7s}"
         f" {'exit80%':>7s} {'tail':>6s} {'curl usr':>8s} {'curl sys':>8s} {'sleeps':>6s}"
         f" {'srv cpu':>7s} {'softirq':>7s} {'other':>5s} {'idle':>5s} {'dgrams':>6s}"
-        f" {'drops':>5s}"
+        f" {'drops':>5s} {'ipis':>5s}"
     )
     summary = []
     for name, bursts in results.items():
@@ -234,19 +254,20 @@ def main() -> int:
             "other": median(b.unaccounted for b in bursts),
             "datagrams": median(b.datagrams / clients for b in bursts),
             "drops": median(b.drops for b in bursts),
+            "ipis": median(b.ipis / clients for b in bursts),
         }
         tb.log(
             f"{name:10s} {last:9.3f} {last / baseline:5.2f} {row['launched']:8.3f}"
             f" {row['exit50']:7.3f} {row['exit80']:7.3f} {row['tail']:6.3f} {row['user']:8.3f}"
             f" {row['system']:8.3f} {row['sleeps']:6.0f} {row['server']:7.3f}"
             f" {row['softirq']:7.3f} {row['other']:5.2f} {row['idle']:5.2f}"
-            f" {row['datagrams']:6.0f} {row['drops']:5.0f}"
+            f" {row['datagrams']:6.0f} {row['drops']:5.0f} {row['ipis']:5.0f}"
         )
         summary.append(
             f"{name}=last {last:.3f}s x{last / baseline:.2f} tail {row['tail']:.3f}s"
             f" curl {row['user']:.2f}+{row['system']:.2f}s sleeps {row['sleeps']:.0f}"
             f" server {row['server']:.2f}s idle {row['idle']:.2f}s"
-            f" datagrams/download {row['datagrams']:.0f}"
+            f" datagrams/download {row['datagrams']:.0f} IPIs/download {row['ipis']:.0f}"
         )
     what = f"{clients}x{tb.format_size(payload.size)} b{args.blksize}"
     tb.log(f"SUMMARY tftp_burst {what} | " + " | ".join(summary))
