@@ -6,6 +6,7 @@ from __future__ import annotations
 import mmap
 import os
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -120,3 +121,45 @@ def test_the_helper_program_refuses_a_wrong_command_line() -> None:
         workers.main(["x"])
     with pytest.raises(SystemExit, match="usage"):
         workers.main(["1", "2", "3", "4"])
+
+
+def test_a_rehearsal_is_a_whole_download_that_never_waits() -> None:
+    board = mmap.mmap(-1, BOARD_SIZE)
+    started = time.monotonic()
+    assert workers.rehearse(board)  # the real path to a complete outcome
+    assert time.monotonic() - started < 0.2  # the ACKs were queued: no timer ran
+
+
+def test_a_spare_worker_rehearses_before_it_says_it_is_ready() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    notes_read, notes_write = os.pipe()
+    board = mmap.mmap(-1, BOARD_SIZE)
+    pid = os.fork()
+    if pid == 0:  # the worker
+        status = 1
+        try:
+            ours.close()
+            original = workers.rehearse
+
+            def noted(board: mmap.mmap) -> bool:
+                done = original(board)
+                os.write(notes_write, b"R" if done else b"F")
+                return done
+
+            workers.rehearse = noted  # type: ignore[assignment]
+            workers._work(theirs, board, spare=True)
+            status = 0
+        finally:
+            os._exit(status)
+    theirs.close()
+    os.close(notes_write)
+    try:
+        ours.settimeout(10)
+        assert ours.recv(16) == b"i"  # ready...
+        os.set_blocking(notes_read, False)
+        assert os.read(notes_read, 1) == b"R"  # ...after a complete rehearsal
+    finally:
+        ours.close()  # the worker exits
+        os.close(notes_read)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
