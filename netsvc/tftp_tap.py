@@ -164,7 +164,7 @@ TFTP_SPEC = ServiceSpec(
         Param(
             "spare-workers", SPARE_WORKERS,
             "Download processes kept ready (more start when more downloads run"
-            " at once; each takes about 1.3 MB idle).", whole_number("spare-workers", 0),
+            " at once; each takes about 2.2 MB idle).", whole_number("spare-workers", 0),
         ),
     ],
     flags=[

@@ -77,7 +77,7 @@ __all__ = [
 TFTP_PORT = 69
 DEFAULT_POLICY = ServerOptionPolicy()
 #: Download processes a server started by twistd keeps ready (``--spare-workers``): about
-#: 1.3 MB each when idle (docs/tftp-server.rst).
+#: 2.2 MB each when idle (docs/tftp-server.rst).
 SPARE_WORKERS = 32
 #: Downloads of at most this many blocks stay in the server process even when downloads
 #: run in processes of their own: handing one over (helper, worker, report pipe) costs

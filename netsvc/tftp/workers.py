@@ -240,9 +240,10 @@ def rehearse(board: mmap.mmap) -> bool:
     A worker shares the helper's memory until it writes to it, and a download writes to
     much of it (reference counts of the code and objects it uses): a fresh worker's first
     download took about 200 page faults, each copying a page, where a warm worker's took
-    about 15 (docs/benchmarks.rst, "Warm workers"). A spare worker pays that here, before
-    any client waits: the rehearsal runs the same path as a job, over loopback, with the
-    client's ACKs already queued on its socket so that it never waits.
+    10-50, and a rehearsed worker's first about 45 (docs/benchmarks.rst, "Warm workers").
+    A spare worker pays that here, before any client waits: the rehearsal runs the same
+    path as a job, over loopback, with the client's ACKs already queued on its socket so
+    that it never waits.
     """
     if not hasattr(os, "memfd_create"):
         return False
