@@ -29,8 +29,8 @@ def test_a_small_burst_is_measured_and_summarised() -> None:
     last_exit, ratio = row.split()[1:3]
     assert float(last_exit) > 0 and ratio == "1.00"
     # 256 KiB at 1468 is 179 DATA blocks and as many ACKs: the datagram count sees them.
-    datagrams, drops = row.split()[-2:]
-    assert 2 * 179 <= float(datagrams) < 10 * 179 and int(drops) >= 0
+    datagrams, drops, ipis = row.split()[-3:]
+    assert 2 * 179 <= float(datagrams) < 10 * 179 and int(drops) >= 0 and float(ipis) >= 0
 
 
 def test_bad_arguments_are_refused() -> None:
