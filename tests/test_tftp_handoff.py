@@ -255,6 +255,23 @@ def test_the_time_limit_holds_in_the_child(pair: tuple[socket.socket, socket.soc
 # -- the real server ------------------------------------------------------------------------
 
 
+def ready(worker: int) -> bool:
+    """Whether a worker waits for a job: a spare one is ready only after its rehearsal
+    (netsvc.tftp.workers.rehearse), which never waits for a packet; before, a download
+    would go to a newly forked worker instead."""
+    try:
+        with open(f"/proc/{worker}/wchan") as wchan:
+            waiting_in = wchan.read()
+        with open(f"/proc/{worker}/stat") as stat:
+            text = stat.read()
+    except OSError:
+        return False
+    sleeping = text[text.rfind(")") + 2] == "S"
+    if waiting_in in ("", "0"):  # a kernel that does not say: sleeping will do
+        return sleeping
+    return sleeping and "wait_for_more_packets" in waiting_in
+
+
 def children(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
@@ -365,7 +382,7 @@ def start_with_spares(
     server = make_server("--spare-workers", str(spares), *flags)
     helper = helper_of(server)
     assert helper is not None
-    wait_for(lambda: len(children(helper)) == spares)
+    wait_for(lambda: len(children(helper)) == spares and all(map(ready, children(helper))))
     return server, helper
 
 
@@ -517,7 +534,7 @@ def logged_server(tmp_path: Path) -> Iterator[tuple[TFTPServer, int]]:
     try:
         helper = helper_of(server)
         assert helper is not None
-        wait_for(lambda: len(children(helper)) == 1)
+        wait_for(lambda: len(children(helper)) == 1 and all(map(ready, children(helper))))
         (worker,) = children(helper)
         yield server, worker
     finally:
