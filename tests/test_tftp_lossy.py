@@ -168,7 +168,16 @@ def test_one_mebibyte_through_ten_percent_loss(
     netsvc_pair.a.reset_counters()
     netsvc_pair.b.reset_counters()
     out = tmp_path / "out"
-    elapsed, result = timed_download(netsvc_pair, client, served / "file", out)
+    try:
+        elapsed, result = timed_download(netsvc_pair, client, served / "file", out)
+    except subprocess.TimeoutExpired as timed_out:
+        # Rare, and the server's side of it is gone once the fixture ends: keep it here.
+        got = out.stat().st_size if out.exists() else 0
+        pytest.fail(
+            f"{client} still running after {CLIENT_TIMEOUT:.0f} s ({got} bytes written);"
+            f" its output: {timed_out.stderr!r}; counters {netsvc_pair.counters()};"
+            f" server log:\n{(tmp_path / 'server.log').read_text()[-4000:]}"
+        )
     counters = netsvc_pair.counters()
     print(
         f"{client} <- netsvc, 1 MiB, {LOSS_PERCENT}% loss both ways: {elapsed:.2f} s "
