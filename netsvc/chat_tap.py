@@ -21,6 +21,7 @@ from netsvc.chat.limits import CHAT_PORT, ChatLimits
 from netsvc.chat.service import chat_service, endpoint_description
 from netsvc.chat.text import CharsetError, lookup_charset, room_problem
 from netsvc.tapkit import (
+    NO_LIMIT,
     Param,
     ServiceSpec,
     Values,
@@ -31,7 +32,6 @@ from netsvc.tapkit import (
 )
 
 _DEFAULTS = ChatLimits()
-_NO_LIMIT = " (0: no limit)"
 
 
 def charset_option(name: str) -> Callable[[str], str]:
@@ -201,12 +201,12 @@ _COMMON = [
     Param(
         "max-connections", _DEFAULTS.max_connections,
         "Most connections at once (0: no limit).",
-        whole_number("max-connections", 0, note=_NO_LIMIT),
+        whole_number("max-connections", 0, note=NO_LIMIT),
     ),
     Param(
         "max-per-peer", _DEFAULTS.max_connections_per_peer,
         "Most connections from one IP address (0: no limit).",
-        whole_number("max-per-peer", 0, note=_NO_LIMIT),
+        whole_number("max-per-peer", 0, note=NO_LIMIT),
     ),
     Param(
         "register-timeout", _DEFAULTS.register_timeout,

@@ -9,6 +9,7 @@ from twisted.python import usage
 
 from netsvc.echo import ECHO_PORT, EchoLimits, echo_service
 from netsvc.tapkit import (
+    NO_LIMIT,
     Flag,
     Param,
     ServiceSpec,
@@ -20,7 +21,6 @@ from netsvc.tapkit import (
 )
 
 _DEFAULTS = EchoLimits()
-_NO_LIMIT = " (0: no limit)"
 N = TypeVar("N", int, float)
 
 
@@ -83,11 +83,11 @@ ECHO_SPEC = ServiceSpec(
             "max-connections",
             _DEFAULTS.max_connections,
             "Most TCP connections at once (0: no limit).",
-            whole_number("max-connections", 0, note=_NO_LIMIT),
+            whole_number("max-connections", 0, note=NO_LIMIT),
         ),
         Param(
             "max-per-peer", 0, "Most TCP connections from one address (0: no limit).",
-            whole_number("max-per-peer", 0, note=_NO_LIMIT),
+            whole_number("max-per-peer", 0, note=NO_LIMIT),
         ),
         Param(
             "idle-timeout",

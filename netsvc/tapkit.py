@@ -24,6 +24,7 @@ from twisted.python import usage
 from netsvc.listening import ListenError, StartupError, add_child, describe_listen_error
 
 __all__ = [
+    "NO_LIMIT",
     "Flag",
     "Param",
     "ServiceSpec",
@@ -107,6 +108,10 @@ def checked(
         raise ValueError(f"{name} must be {allowed}, not {text!r}")
 
     return coerce
+
+
+#: ``whole_number``'s note for a count where 0 turns the limit off.
+NO_LIMIT = " (0: no limit)"
 
 
 def whole_number(

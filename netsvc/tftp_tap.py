@@ -10,6 +10,7 @@ from twisted.python import usage
 
 from netsvc.listening import add_child
 from netsvc.tapkit import (
+    NO_LIMIT,
     Flag,
     Param,
     ServiceSpec,
@@ -40,7 +41,6 @@ from netsvc.udpport import socket_set_for
 
 _LIMITS = TFTPServerLimits()
 _POLICY = ServerOptionPolicy()
-_NO_LIMIT = " (0: no limit)"
 
 _PORT_RANGE = "LOW-HIGH, two port numbers with 1 <= LOW <= HIGH <= 65535 (like 50000-50999)"
 
@@ -131,16 +131,16 @@ TFTP_SPEC = ServiceSpec(
         ),
         Param(
             "max-upload", 0, "Largest upload in bytes (0: no limit).",
-            whole_number("max-upload", 0, note=_NO_LIMIT),
+            whole_number("max-upload", 0, note=NO_LIMIT),
         ),
         Param(
             "max-sessions", _LIMITS.max_sessions, "Transfers at once (0: no limit).",
-            whole_number("max-sessions", 0, note=_NO_LIMIT),
+            whole_number("max-sessions", 0, note=NO_LIMIT),
         ),
         Param(
             "max-per-client", _LIMITS.max_sessions_per_client,
             "Transfers at once per client address (0: no limit).",
-            whole_number("max-per-client", 0, note=_NO_LIMIT),
+            whole_number("max-per-client", 0, note=NO_LIMIT),
         ),
         Param(
             "request-rate", _LIMITS.request_rate,

@@ -725,9 +725,7 @@ class StaleUploadCleanup(Service):
 
     log = Logger()
 
-    def __init__(self, backend: FilesystemBackend, reactor: Any = None) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
+    def __init__(self, backend: FilesystemBackend, reactor: Any) -> None:
         self.backend = backend
         self.reactor = reactor
         #: Fires with how many files the walk removed (0 if it failed: logged); ``None``

@@ -186,7 +186,7 @@ def _work(sock: socket.socket, board: mmap.mmap, spare: bool) -> None:
     """A worker's life: jobs from ``sock`` until the helper closes it or SIGTERM comes."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, _stop_between_jobs)
-    if spare:  # ready at once (a worker started for a job gets that job first)
+    if spare:  # ready after a rehearsal (a worker started for a job gets that job first)
         rehearse(board)
         if _stopping:
             return
