@@ -17,7 +17,7 @@ from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from netsvc.chat.limits import CHAT_PORT, ChatLimits
+from netsvc.chat.limits import CHAT_PORT, ChatLimits, smallest_byte_burst
 from netsvc.chat.service import chat_service, endpoint_description
 from netsvc.chat.text import CharsetError, lookup_charset, room_problem
 from netsvc.tapkit import (
@@ -119,7 +119,7 @@ def _check(values: Values) -> None:
         raise usage.UsageError(
             f"lobby must be a room name (empty: no lobby), not {lobby!r}: {problem}"
         )
-    line = values["max-line"] + 2  # ChatLimits: the byte burst holds one line and its CRLF
+    line = smallest_byte_burst(values["max-line"])
     if values["flood-byte-burst"] < line:
         raise usage.UsageError(
             f"flood-byte-burst must be at least max-line + 2 = {line} bytes (one longest"

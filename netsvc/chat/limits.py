@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-__all__ = ["CHAT_PORT", "DEFAULT_LIMITS", "ChatLimits"]
+__all__ = ["CHAT_PORT", "DEFAULT_LIMITS", "ChatLimits", "smallest_byte_burst"]
 
 #: The default TCP port. Unprivileged (no root needed), and deliberately not IRC's 6667:
 #: this is not IRC, and an IRC client pointed at it would only get confusing errors.
@@ -85,10 +85,15 @@ class ChatLimits:
             raise ValueError(f"history_lines must not be negative, got {self.history_lines}")
         if not self.flood_line_burst >= 1:
             raise ValueError("flood_line_burst must be at least one line")
-        if not self.flood_byte_burst >= self.max_line_bytes + 2:
+        if not self.flood_byte_burst >= smallest_byte_burst(self.max_line_bytes):
             raise ValueError(
                 "flood_byte_burst must hold at least one line of max_line_bytes plus CRLF"
             )
+
+
+def smallest_byte_burst(max_line_bytes: int) -> int:
+    """The least ``flood_byte_burst`` for ``max_line_bytes``: one longest line and its CRLF."""
+    return max_line_bytes + 2
 
 
 #: The defaults, as one shared value (frozen, so safe as an argument default).
