@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
@@ -94,3 +96,20 @@ def running(command: list[str], ready_port: int, host: str = "127.0.0.1") -> Ite
                 process.wait()
         if process.stdout:
             process.stdout.close()
+
+
+# -- CPUs ---------------------------------------------------------------------------------
+
+
+def two_cpus() -> tuple[int, int]:
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("this process may run on one CPU only: there is nowhere to move")
+    return allowed[0], allowed[1]
+
+
+def current_cpu() -> int:
+    """The CPU this thread runs on (field 39 of /proc/thread-self/stat)."""
+    with open("/proc/thread-self/stat") as f:
+        text = f.read()
+    return int(text[text.rindex(")") + 2 :].split()[36])

@@ -61,7 +61,10 @@ def job(max_duration: float | None = None, **changes: object) -> DownloadJob:
 
 @pytest.mark.parametrize("preamble", [None, b"\x00\x06blksize\x00512\x00"])
 def test_a_job_survives_its_trip_to_the_helper(preamble: bytes | None) -> None:
-    sent = DownloadJob(settings(preamble=preamble), size=7, netascii=True, max_duration=3.5)
+    sent = DownloadJob(
+        settings(preamble=preamble), size=7, netascii=True, max_duration=3.5, spin=True,
+        follow_client_cpu=True,
+    )
     assert DownloadJob.decode(sent.encode()) == sent
 
 

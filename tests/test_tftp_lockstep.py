@@ -31,6 +31,7 @@ from netsvc.tftp.downloader import (
 )
 from netsvc.tftp.engine import Outcome, RetransmitTimer
 from tests.interop_support import HOST
+from tests.support import current_cpu
 from tests.test_spin import LOADAVG_TEXTS
 
 # pip install builds the C module wherever there is a C compiler: only without one may
@@ -134,6 +135,7 @@ class Result:
     report: DownloadReport
     client: Client
     pumped: list[tuple[lockstep.Reason, int]]  # (why the C loop returned, blocks it acked)
+    cpus_after_pump: list[int]  # the CPU this thread was on when the C loop returned
 
 
 @pytest.fixture
@@ -150,6 +152,8 @@ def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
         alone: bool = False,
         spin: bool = False,
         preamble: bytes | None = None,
+        follow_client_cpu: bool = False,
+        client_on_cpu: int | None = None,
     ) -> Result:
         path = tmp_path / "file"
         path.write_bytes(data)
@@ -162,12 +166,14 @@ def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
         client.connect(server.getsockname())
         client.settimeout(5)
         pumped: list[tuple[lockstep.Reason, int]] = []
+        cpus_after_pump: list[int] = []
         real_pump = lockstep.pump
 
         def counting_pump(engine: Any, *args: Any, **kwargs: Any) -> Any:
             before = engine.stats.blocks
             reason, datagram = real_pump(engine, *args, **kwargs)
             pumped.append((reason, engine.stats.blocks - before))
+            cpus_after_pump.append(current_cpu())
             return reason, datagram
 
         monkeypatch.setattr(lockstep, "pump", counting_pump)
@@ -181,11 +187,18 @@ def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
             netascii=False,
             max_duration=None,
             spin=spin,
+            follow_client_cpu=follow_client_cpu,
         )
         board = mmap.mmap(-1, BOARD_SIZE)
         board[0] = 1 if alone else 2
         peer = Client(client, blksize, misbehave)
-        thread = threading.Thread(target=peer.run, daemon=True)
+
+        def run_client() -> None:
+            if client_on_cpu is not None:
+                os.sched_setaffinity(0, {client_on_cpu})
+            peer.run()
+
+        thread = threading.Thread(target=run_client, daemon=True)
         thread.start()
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -194,7 +207,7 @@ def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
             os.close(fd)
         thread.join(10)
         assert not thread.is_alive(), "the client did not finish"
-        return Result(report, peer, pumped)
+        return Result(report, peer, pumped, cpus_after_pump)
 
     yield serve
     for sock in sockets:
@@ -426,3 +439,18 @@ def test_sigterm_after_the_last_ack_leaves_the_report_complete(
     result = serve(data)
     assert result.report.outcome is Outcome.COMPLETE
     assert bytes(result.client.received) == data
+
+
+@pytest.mark.parametrize("pump", [True, False], ids=["c-loop", "python-loop"])
+def test_a_download_moves_to_its_clients_cpu(
+    serve: Callable[..., Result], start_on_first_cpu: tuple[int, int], pump: bool
+) -> None:
+    _, there = start_on_first_cpu
+    data = payload(100 * 512)
+    result = serve(data, pump=pump, follow_client_cpu=True, client_on_cpu=there)
+    assert bytes(result.client.received) == data
+    assert result.report.outcome is Outcome.COMPLETE
+    if pump:  # the C loop received every ACK but the last one, and did the moving
+        assert result.pumped == [(lockstep.Reason.READ, 99)]
+        assert result.cpus_after_pump == [there]
+    assert current_cpu() == there

@@ -20,8 +20,10 @@ import pytest_twisted
 from twisted.internet import reactor as global_reactor
 from twisted.internet.task import deferLater
 
+from netsvc.tftp import server as server_module
 from netsvc.tftp.backend import FilesystemBackend, MemoryWriter
 from netsvc.tftp.client import _ClientSession, download
+from netsvc.tftp.downloader import DownloadJob
 from netsvc.tftp.server import tftp_service
 from netsvc.udpport import QuietUDPPort, socket_set_for
 from tests.interop_support import HOST, TFTPServer
@@ -113,6 +115,52 @@ async def test_finished_transfers_leave_no_socket_in_the_reactors_socket_set(
         owners = [getattr(handler, "__self__", None) for handler in sockets.handlers()]
         assert owners and all(isinstance(o, QuietUDPPort) for o in owners)
         assert all(isinstance(o.protocol, _ClientSession) for o in owners)  # type: ignore[union-attr]
+    finally:
+        stopped = service.stopService()
+        if stopped is not None:
+            await stopped
+
+
+class JobCatcher:
+    """A download helper that only notes the jobs it is offered and takes none (the
+    server then serves them itself)."""
+
+    def __init__(self) -> None:
+        self.jobs: list[DownloadJob] = []
+
+    def hand_over(self, job: DownloadJob, peer_socket: socket.socket, file_fd: int) -> None:
+        self.jobs.append(job)
+
+    def publish_load(self, transfers: int) -> None:
+        pass
+
+
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_a_client_on_this_host_gets_a_worker_that_follows_its_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "f").write_bytes(DATA * 100)
+    asked: list[tuple[str, str]] = []
+
+    def on_this_host(peer: str, local: str) -> bool:
+        asked.append((peer, local))
+        return True
+
+    monkeypatch.setattr(server_module, "is_on_this_host", on_this_host)
+    service = tftp_service(reactor, FilesystemBackend(str(tmp_path)), port=0, interface=HOST)
+    service.startService()
+    try:
+        listening = next(iter(service)).port
+        catcher = JobCatcher()
+        listening.protocol.helper = catcher
+        writer = MemoryWriter()
+        try:
+            await download(reactor, HOST, "f", writer, port=listening.getHost().port, blksize=512)
+        finally:
+            listening.protocol.helper = None  # there is no process to stop
+        assert writer.data == DATA * 100
+        assert [job.follow_client_cpu for job in catcher.jobs] == [True]
+        assert asked == [(HOST, HOST)]
     finally:
         stopped = service.stopService()
         if stopped is not None:

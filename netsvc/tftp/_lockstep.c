@@ -15,13 +15,14 @@
  * against the Python loop, and that both loops poll only while the check says a CPU is
  * free (tests/test_tftp_lockstep.py).
  */
-#define _GNU_SOURCE /* sendmmsg */
+#define _GNU_SOURCE /* sendmmsg, sched_getcpu, cpu_set_t */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +53,9 @@ typedef struct {
     double sent_at, srtt, rttvar, rto;
     int has_srtt;
     long waiting_ms, spin_misses, spin_pause, spin_next_pause;
+    /* netsvc.tftp.colocate.ClientCpu: wanted, countdown; and CHECK_EVERY */
+    int follow_client_cpu;
+    long follow_countdown, follow_every;
     /* IdleCpuCheck: its file ("": no check), CPU count, last answer and when it was read */
     char idle_cpu_path[IDLE_CPU_PATH_LIMIT];
     long idle_cpu_count;
@@ -233,6 +237,28 @@ static int is_ack_of(const unsigned char *datagram, ssize_t length, long long bl
            ((datagram[2] << 8) | datagram[3]) == (block & 0xFFFF);
 }
 
+/* netsvc.tftp.colocate.move_to_incoming_cpu: move to the CPU that processed the last
+ * packet from the client, then allow the former CPUs again; whether that CPU was known. */
+static int move_to_incoming_cpu(const Pump *p)
+{
+    int cpu = -1;
+    socklen_t length = sizeof cpu;
+    if (getsockopt(p->sock, SOL_SOCKET, SO_INCOMING_CPU, &cpu, &length) != 0)
+        return 1;
+    if (cpu < 0)
+        return 0;
+    cpu_set_t allowed, there;
+    if (cpu >= CPU_SETSIZE || cpu == sched_getcpu() ||
+        sched_getaffinity(0, sizeof allowed, &allowed) != 0 || !CPU_ISSET(cpu, &allowed) ||
+        CPU_COUNT(&allowed) == 1)
+        return 1;
+    CPU_ZERO(&there);
+    CPU_SET(cpu, &there);
+    if (sched_setaffinity(0, sizeof there, &there) == 0)
+        (void)sched_setaffinity(0, sizeof allowed, &allowed);
+    return 1;
+}
+
 /* The loop, without the GIL. `flight` holds the block in flight, `staged` the next one;
  * both 4+blksize. */
 static int run(Pump *p, const unsigned char *board, unsigned char **flight,
@@ -259,6 +285,12 @@ static int run(Pump *p, const unsigned char *board, unsigned char **flight,
                 return INTERRUPTED;
             if (n < 0)
                 continue;
+        }
+        if (p->follow_client_cpu) { /* ClientCpu.after_receive */
+            if (p->follow_countdown > 0)
+                p->follow_countdown--;
+            else if (move_to_incoming_cpu(p))
+                p->follow_countdown = p->follow_every - 1;
         }
         now = monotonic_now();
         if (!is_ack_of((unsigned char *)received, n, p->block)) {
@@ -377,6 +409,9 @@ static int load(PyObject *s, Pump *p)
         get_long(s, "spin_pause", &p->spin_pause) < 0 ||
         get_long(s, "spin_next_pause", &p->spin_next_pause) < 0 ||
         get_long(s, "idle_cpu_count", &p->idle_cpu_count) < 0 ||
+        get_int(s, "follow_client_cpu", &p->follow_client_cpu) < 0 ||
+        get_long(s, "follow_countdown", &p->follow_countdown) < 0 ||
+        get_long(s, "follow_every", &p->follow_every) < 0 ||
         get_text(s, "idle_cpu_path", p->idle_cpu_path, sizeof p->idle_cpu_path) < 0)
         return -1;
     p->idle_cpu_checked_at = -INFINITY;
@@ -407,6 +442,7 @@ static int store(PyObject *s, const Pump *p, const unsigned char *flight,
         set_new(s, "spin_pause", PyLong_FromLong(p->spin_pause)) < 0 ||
         set_new(s, "spin_next_pause", PyLong_FromLong(p->spin_next_pause)) < 0 ||
         set_new(s, "acked", PyLong_FromLong(p->acked)) < 0 ||
+        set_new(s, "follow_countdown", PyLong_FromLong(p->follow_countdown)) < 0 ||
         set_new(s, "last_ack_at", PyFloat_FromDouble(p->last_ack_at)) < 0 ||
         set_new(s, "in_flight", PyBytes_FromStringAndSize((const char *)flight, length)) < 0 ||
         set_new(s, "staged", staged_object) < 0)

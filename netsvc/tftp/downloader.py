@@ -32,6 +32,7 @@ import attrs
 from netsvc.spin import Spinner, useful_spinner
 from netsvc.tftp import lockstep
 from netsvc.tftp.blocking import ReadAhead
+from netsvc.tftp.colocate import ClientCpu
 from netsvc.tftp.engine import (
     BlockSender,
     LockstepPoint,
@@ -106,6 +107,8 @@ class DownloadJob:
     netascii: bool
     max_duration: float | None  # seconds left of the server's time limit
     spin: bool = False  # whether waits may poll awake first (see drive_download)
+    #: whether to move to the client's CPU (a client on this host: netsvc.tftp.colocate)
+    follow_client_cpu: bool = False
 
     def encode(self) -> bytes:
         settings = self.sender
@@ -124,6 +127,7 @@ class DownloadJob:
                 self.netascii,
                 _float_or_nan(self.max_duration),
                 self.spin,
+                self.follow_client_cpu,
                 preamble is not None,
             )
             + (preamble or b"")
@@ -134,7 +138,8 @@ class DownloadJob:
         """:raises ValueError: not a job."""
         try:
             (tag, blksize, windowsize, initial_rto, min_rto, max_rto, give_up_after,
-             retries, size, netascii, max_duration, spin, has_preamble) = _JOB.unpack_from(data)
+             retries, size, netascii, max_duration, spin, follow_client_cpu,
+             has_preamble) = _JOB.unpack_from(data)
         except struct.error as error:
             raise ValueError(f"not a download job: {error}") from None
         preamble = data[_JOB.size :]
@@ -156,6 +161,7 @@ class DownloadJob:
             netascii=netascii,
             max_duration=_none_if_nan(max_duration),
             spin=spin,
+            follow_client_cpu=follow_client_cpu,
         )
 
 
@@ -210,8 +216,8 @@ class DownloadReport:
 # Jobs and reports are fixed binary records (a tag, then the fields; a job's OACK and a
 # report's error message follow as raw bytes): the server builds one job and reads one
 # report per download, and JSON with attrs.asdict was about 5 % of its work per request.
-_JOB_TAG = b"TFJ1"
-_JOB = struct.Struct("=4sIIddddiQ?d??")
+_JOB_TAG = b"TFJ2"
+_JOB = struct.Struct("=4sIIddddiQ?d???")
 _REPORT_TAG = b"TFR1"
 _REPORT = struct.Struct("=4sBidd4Qi")
 _OUTCOMES = tuple(Outcome)
@@ -259,6 +265,7 @@ def drive_download(
     alone: Callable[[], bool] = lambda: True,
     clock: Callable[[], float] = time.monotonic,
     steady: SteadyState | None = None,
+    client_cpu: ClientCpu | None = None,
 ) -> BlockSender:
     """Run a download to its end on ``peer_socket`` (connected to the client), blocking.
 
@@ -268,8 +275,10 @@ def drive_download(
     awake for the ``spinner``'s budget (a fast client's ACK is there within microseconds);
     then it sleeps in ``recv`` until the engine's deadline (``SO_RCVTIMEO``). SIGTERM
     (the server stopping) ends it with ERROR 0. ``steady``, when given, runs the
-    lock-step steady state instead of this loop (:mod:`netsvc.tftp.lockstep`). Returns
-    the finished engine.
+    lock-step steady state instead of this loop (:mod:`netsvc.tftp.lockstep`).
+    ``client_cpu``: the moves to the client's CPU, for the datagrams this loop receives
+    (:mod:`netsvc.tftp.colocate`). Returns the finished
+    engine.
     """
     read_failure: list[tuple[int, str]] = []
 
@@ -353,6 +362,8 @@ def drive_download(
                     datagram = recv(1024)
                 except OSError:
                     continue  # the wait ended (EAGAIN), or an ICMP error: the timers decide
+            if client_cpu is not None:
+                client_cpu.after_receive(peer_socket)
             engine.on_datagram(datagram, clock())
     except _Stopped:
         _interruptible = _stop_requested = False
@@ -367,6 +378,7 @@ def run_job(job: DownloadJob, peer_fd: int, file_fd: int, board: mmap.mmap) -> D
     caller's to close)."""
     source = ReadAhead(FilesystemReader(file_fd, job.size), netascii=job.netascii)
     spinner = useful_spinner() if job.spin else None
+    client_cpu = ClientCpu(job.follow_client_cpu)
     steady = None
     if lockstep.available and not job.netascii:
 
@@ -380,6 +392,7 @@ def run_job(job: DownloadJob, peer_fd: int, file_fd: int, board: mmap.mmap) -> D
                 spinner=spinner,
                 board=board,
                 stop_at=stop_at,
+                client_cpu=client_cpu,
             )[1]
 
     with socket.socket(fileno=os.dup(peer_fd)) as peer_socket:
@@ -390,5 +403,6 @@ def run_job(job: DownloadJob, peer_fd: int, file_fd: int, board: mmap.mmap) -> D
             spinner=spinner,
             alone=lambda: board[0] <= 1,
             steady=steady,
+            client_cpu=client_cpu,
         )
     return DownloadReport(engine.outcome or Outcome.LOCAL_ERROR, engine.stats, os.getpid())

@@ -36,6 +36,7 @@ import attrs
 
 from netsvc.spin import Spinner
 from netsvc.tftp.blocking import ReadAhead
+from netsvc.tftp.colocate import CHECK_EVERY, ClientCpu
 from netsvc.tftp.engine import BlockSender, LockstepPoint
 
 _lockstep: ModuleType | None
@@ -91,6 +92,10 @@ class PumpState:
     # CPU count. The loop reads the file at most every netsvc.spin.IDLE_CPU_INTERVAL.
     idle_cpu_path: str = ""
     idle_cpu_count: int = 1
+    # netsvc.tftp.colocate.ClientCpu: wanted, countdown, and CHECK_EVERY
+    follow_client_cpu: bool = False
+    follow_countdown: int = 0
+    follow_every: int = CHECK_EVERY
     acked: int = 0
     last_ack_at: float = 0.0
 
@@ -105,11 +110,14 @@ def pump(
     spinner: Spinner | None,
     board: Any,
     stop_at: float,
+    client_cpu: ClientCpu | None = None,
 ) -> tuple[Reason, bytes | None]:
     """Run the steady state from ``point`` (``engine.lockstep_point()``) on the connected
     socket ``sock``, reading file descriptor ``file`` (from the position ``source`` has
     reached; it continues from where the pump stopped). ``board``: the server's shared
-    page (polling only while its byte 0 is at most 1), or ``None``. Returns why it
+    page (polling only while its byte 0 is at most 1), or ``None``. ``client_cpu``: the
+    download's moves to its client's CPU, which the loop makes for the datagrams it
+    receives (:mod:`netsvc.tftp.colocate`). Returns why it
     stopped and, for :attr:`Reason.DATAGRAM`, the datagram, which the caller gives to
     the engine."""
     if _lockstep is None:
@@ -133,6 +141,9 @@ def pump(
         rto_max=timer.maximum,
         stop_at=stop_at,
     )
+    if client_cpu is not None:
+        state.follow_client_cpu = client_cpu.wanted
+        state.follow_countdown = client_cpu.countdown
     if spinner is not None:
         state.spin_limit = spinner.limit
         state.spin_misses_allowed = spinner.misses_allowed
@@ -148,6 +159,8 @@ def pump(
         if spinner is not None:
             spinner.import_state(state.spin_misses, state.spin_pause, state.spin_next_pause)
         source.restart_at(state.position)
+        if client_cpu is not None:
+            client_cpu.countdown = state.follow_countdown
         moved = LockstepPoint(
             state.block,
             state.in_flight,

@@ -30,6 +30,7 @@ from netsvc.echo import is_unanswerable_source
 from netsvc.listening import ListenGroup, UDPListenService, add_child
 from netsvc.ratelimit import NEVER, HeldBackSources, PerKeyRateLimiter
 from netsvc.tftp.backend import BackendError, FilesystemBackend, IBackend, RequestContext
+from netsvc.tftp.colocate import is_on_this_host
 from netsvc.tftp.downloader import (
     SHUTDOWN_MESSAGE,
     TIME_LIMIT_MESSAGE,
@@ -535,7 +536,12 @@ class Transfer(EngineSession):
         sockets = getattr(self.port, "socket_set", None)
         spin = sockets is not None and sockets.spinner is not None
         job = DownloadJob(
-            settings, size=reader.size, netascii=text, max_duration=max_duration, spin=spin
+            settings,
+            size=reader.size,
+            netascii=text,
+            max_duration=max_duration,
+            spin=spin,
+            follow_client_cpu=is_on_this_host(self.key[0], self.local_host or ""),
         )
         pipe = helper.hand_over(job, peer_socket, fd)
         if pipe is None:
