@@ -93,6 +93,7 @@ def build_tftp(values: Values, reactor: Any) -> IService:
     service = tftp_service(
         reactor, backend, port=values["port"], interface=values["interface"], policy=policy,
         limits=limits, processes=processes, spare_workers=values["spare-workers"],
+        follow_client_cpu=not values["no-cpu-follow"],
     )
     if backend.writable:
         # In a thread: serving starts at once; only files an hour old go.
@@ -176,6 +177,11 @@ TFTP_SPEC = ServiceSpec(
             "no-spin",
             "Never poll awake for a transfer's next packet (less CPU while transfers run,"
             " up to 3x slower with a client on a fast link).",
+        ),
+        Flag(
+            "no-cpu-follow",
+            "Leave a download for a client on this host on the CPU the scheduler picks"
+            " (by default its process moves to the client's CPU: no wake-ups across CPUs).",
         ),
         Flag(
             "one-process",

@@ -297,6 +297,16 @@ def test_tftp_downloads_get_processes_unless_one_process(
     assert udp.protocol.helper is None  # started with the service, not before
 
 
+@pytest.mark.parametrize(("flags", "follow"), [([], True), (["--no-cpu-follow"], False)])
+def test_tftp_downloads_follow_their_clients_cpu_unless_no_cpu_follow(
+    tmp_path: Any, flags: list[str], follow: bool
+) -> None:
+    from netsvc import tftp_tap
+
+    options = parse(tftp_tap.Options, "--root", str(tmp_path), *flags)
+    assert tftp_listener(tftp_tap.makeService(options)).protocol.follow_client_cpu is follow
+
+
 def test_tftp_no_spin_stops_the_transfer_sockets_waiting_awake(tmp_path: Any) -> None:
     from twisted.internet.epollreactor import EPollReactor
 

@@ -50,7 +50,7 @@ def test_checks_come_after_the_first_datagram_and_then_every_check_every(
     client_cpu = ClientCpu(True)
     for count in range(1, 3 * CHECK_EVERY + 2):
         received[0] = count
-        client_cpu.after_receive(socket.socket())
+        client_cpu.after_receive(socket.socket(), alone=False)
     assert checked_at == [1, 1 + CHECK_EVERY, 1 + 2 * CHECK_EVERY, 1 + 3 * CHECK_EVERY]
 
 
@@ -61,15 +61,24 @@ def test_an_unknown_cpu_is_asked_again_at_the_next_datagram(
     monkeypatch.setattr(colocate, "move_to_incoming_cpu", lambda sock: answers.pop(0))
     client_cpu = ClientCpu(True)
     for _ in range(3 + CHECK_EVERY):
-        client_cpu.after_receive(socket.socket())
+        client_cpu.after_receive(socket.socket(), alone=False)
     assert answers == []  # asked at 1, 2, 3 (known), then at 3 + CHECK_EVERY
+
+
+def test_alone_a_check_moves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    moved_at: list[int] = []
+    monkeypatch.setattr(colocate, "move_to_incoming_cpu", lambda sock: moved_at.append(1) or True)
+    client_cpu = ClientCpu(True)
+    for count in range(1, 3 * CHECK_EVERY + 2):
+        client_cpu.after_receive(socket.socket(), alone=count <= CHECK_EVERY + 1)
+    assert len(moved_at) == 2  # the checks at 1 and 1 + CHECK_EVERY found it alone
 
 
 def test_a_remote_client_is_not_followed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(colocate, "move_to_incoming_cpu", lambda sock: pytest.fail("moved"))
     client_cpu = ClientCpu(False)
     for _ in range(2 * CHECK_EVERY):
-        client_cpu.after_receive(socket.socket())
+        client_cpu.after_receive(socket.socket(), alone=False)
 
 
 # -- the move itself, on this machine's CPUs ------------------------------------------------

@@ -454,3 +454,4 @@ def test_a_download_moves_to_its_clients_cpu(
         assert result.pumped == [(lockstep.Reason.READ, 99)]
         assert result.cpus_after_pump == [there]
     assert current_cpu() == there
+

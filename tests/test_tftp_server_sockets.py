@@ -135,9 +135,10 @@ class JobCatcher:
         pass
 
 
+@pytest.mark.parametrize("follow", [True, False], ids=["default", "no-cpu-follow"])
 @pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
 async def test_a_client_on_this_host_gets_a_worker_that_follows_its_cpu(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, follow: bool
 ) -> None:
     (tmp_path / "f").write_bytes(DATA * 100)
     asked: list[tuple[str, str]] = []
@@ -153,14 +154,15 @@ async def test_a_client_on_this_host_gets_a_worker_that_follows_its_cpu(
         listening = next(iter(service)).port
         catcher = JobCatcher()
         listening.protocol.helper = catcher
+        listening.protocol.follow_client_cpu = follow
         writer = MemoryWriter()
         try:
             await download(reactor, HOST, "f", writer, port=listening.getHost().port, blksize=512)
         finally:
             listening.protocol.helper = None  # there is no process to stop
         assert writer.data == DATA * 100
-        assert [job.follow_client_cpu for job in catcher.jobs] == [True]
-        assert asked == [(HOST, HOST)]
+        assert [job.follow_client_cpu for job in catcher.jobs] == [follow]
+        assert asked == ([(HOST, HOST)] if follow else [])
     finally:
         stopped = service.stopService()
         if stopped is not None:

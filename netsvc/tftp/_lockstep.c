@@ -286,10 +286,10 @@ static int run(Pump *p, const unsigned char *board, unsigned char **flight,
             if (n < 0)
                 continue;
         }
-        if (p->follow_client_cpu) { /* ClientCpu.after_receive */
+        if (p->follow_client_cpu) { /* ClientCpu.after_receive, alone as for polling */
             if (p->follow_countdown > 0)
                 p->follow_countdown--;
-            else if (move_to_incoming_cpu(p))
+            else if (board == NULL || board[0] <= 1 || move_to_incoming_cpu(p))
                 p->follow_countdown = p->follow_every - 1;
         }
         now = monotonic_now();

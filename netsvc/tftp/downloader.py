@@ -363,7 +363,7 @@ def drive_download(
                 except OSError:
                     continue  # the wait ended (EAGAIN), or an ICMP error: the timers decide
             if client_cpu is not None:
-                client_cpu.after_receive(peer_socket)
+                client_cpu.after_receive(peer_socket, alone())
             engine.on_datagram(datagram, clock())
     except _Stopped:
         _interruptible = _stop_requested = False

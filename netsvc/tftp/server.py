@@ -174,6 +174,7 @@ class TFTPServer(DatagramProtocol):
         interface: str = "",
         processes: bool = False,
         spare_workers: int = 0,
+        follow_client_cpu: bool = True,
     ) -> None:
         self.reactor = reactor
         self.backend = backend
@@ -193,6 +194,9 @@ class TFTPServer(DatagramProtocol):
         #: Downloads of at most this many blocks are served here all the same
         #: (:data:`SMALL_DOWNLOAD_BLOCKS`; 0: every download that can be handed over is).
         self.small_download_blocks = SMALL_DOWNLOAD_BLOCKS
+        #: Whether a download process serving a client on this host moves to that
+        #: client's CPU (:mod:`netsvc.tftp.colocate`).
+        self.follow_client_cpu = follow_client_cpu
         self.helper: DownloadHelper | None = None
         #: The listener's address. Transfer sockets bind to it, or, when it is the
         #: unspecified address, to the address each request was sent to (where the
@@ -541,7 +545,8 @@ class Transfer(EngineSession):
             netascii=text,
             max_duration=max_duration,
             spin=spin,
-            follow_client_cpu=is_on_this_host(self.key[0], self.local_host or ""),
+            follow_client_cpu=server.follow_client_cpu
+            and is_on_this_host(self.key[0], self.local_host or ""),
         )
         pipe = helper.hand_over(job, peer_socket, fd)
         if pipe is None:
@@ -813,11 +818,13 @@ def tftp_service(
     limits: TFTPServerLimits = TFTPServerLimits(),
     processes: bool = False,
     spare_workers: int = 0,
+    follow_client_cpu: bool = True,
 ) -> ListenGroup:
     """A service serving ``backend`` over TFTP on ``interface``:``port``.
 
-    ``processes``, ``spare_workers``: see :attr:`TFTPServer.processes` and
-    :attr:`TFTPServer.spare_workers`.
+    ``processes``, ``spare_workers``, ``follow_client_cpu``: see
+    :attr:`TFTPServer.processes`, :attr:`TFTPServer.spare_workers` and
+    :attr:`TFTPServer.follow_client_cpu`.
     """
     server = TFTPServer(
         reactor,
@@ -827,6 +834,7 @@ def tftp_service(
         interface=interface,
         processes=processes,
         spare_workers=spare_workers,
+        follow_client_cpu=follow_client_cpu,
     )
     service = _TFTPService(server)
     add_child(service, _RequestListener(reactor, port, server, interface, what="TFTP"))
