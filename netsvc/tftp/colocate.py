@@ -6,8 +6,7 @@ one is also an inter-processor interrupt and a remote wake-up, which cost both s
 (in a virtual machine, an exit to the hypervisor too). The scheduler's wake-up placement
 usually keeps a pair on one CPU, but not always: in a traced burst of 50 local downloads,
 4 pairs (worker, client) stayed on two CPUs for the whole download, and others split
-midway, when a quiet moment let a wake-up land on the idle CPU (docs/benchmarks.rst,
-"Tenth session").
+midway (docs/benchmarks.rst, "Tenth session"; ``bench/sched_pairs.py`` counts it).
 
 So a worker moves itself to the CPU on which its client's packets are processed
 (``SO_INCOMING_CPU``): for a client on this host, the CPU the client sends from. It
@@ -15,11 +14,10 @@ checks after the first datagram from the client and then every :data:`CHECK_EVER
 while the server runs other transfers too. Alone, a download polls awake for its ACKs
 (:mod:`netsvc.tftp.downloader`) on its own CPU while the client runs on another, which
 is faster than sharing one: a single curl download of 64 MiB at blksize 512 took 3.3 s
-with the move against 3.0 s without. In
-the C loop a check that finds both on one CPU costs one system call; Python cannot ask
-which CPU it is on, so there a check always sets the affinity (three more calls). The move is a
-hint: the affinity is restored at once, and the scheduler stays free to move the worker
-again.
+with the move against 2.9 s without. In the C loop a check that finds both on one CPU
+costs one system call; Python cannot ask which CPU it is on, so there a check always
+sets the affinity (three more calls). The move is a hint: the affinity is restored at
+once, and the scheduler stays free to move the worker again.
 
 Only for a client on this host: behind a network card, that CPU is the one handling the
 card's receive queue, which may be the same for every client, and following it would
