@@ -130,3 +130,16 @@ def test_nothing_received_means_not_known_yet(
     here, _ = start_on_first_cpu
     assert move_to_incoming_cpu(pair[0]) is False
     assert current_cpu() == here
+
+
+def test_a_cpu_this_process_may_not_use_is_left_alone(
+    start_on_first_cpu: tuple[int, int], pair: tuple[socket.socket, socket.socket]
+) -> None:
+    here, there = start_on_first_cpu
+    ours, theirs = pair
+    os.sched_setaffinity(0, {here})  # as under a cpuset without the client's CPU
+    send_from_cpu(there, theirs, b"\x00\x04\x00\x00")
+    ours.recv(16)
+    assert move_to_incoming_cpu(ours) is True  # known, and nothing to do
+    assert current_cpu() == here
+    assert os.sched_getaffinity(0) == {here}

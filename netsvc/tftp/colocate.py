@@ -32,6 +32,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from contextlib import suppress
 
 from netsvc.addr import plain_host
 
@@ -80,8 +81,10 @@ def move_to_incoming_cpu(sock: socket.socket) -> bool:
         os.sched_setaffinity(0, {cpu})  # moves this process there before it returns
     except OSError:
         return True
-    # The same set it had a moment ago: this cannot fail for want of permission.
-    os.sched_setaffinity(0, allowed)
+    # The set it had a moment ago; should that fail all the same (its CPUs taken away
+    # meanwhile), the download goes on where it is.
+    with suppress(OSError):
+        os.sched_setaffinity(0, allowed)
     return True
 
 

@@ -277,8 +277,7 @@ def drive_download(
     (the server stopping) ends it with ERROR 0. ``steady``, when given, runs the
     lock-step steady state instead of this loop (:mod:`netsvc.tftp.lockstep`).
     ``client_cpu``: the moves to the client's CPU, for the datagrams this loop receives
-    (:mod:`netsvc.tftp.colocate`). Returns the finished
-    engine.
+    (:mod:`netsvc.tftp.colocate`). Returns the finished engine.
     """
     read_failure: list[tuple[int, str]] = []
 

@@ -117,9 +117,8 @@ def pump(
     reached; it continues from where the pump stopped). ``board``: the server's shared
     page (polling only while its byte 0 is at most 1), or ``None``. ``client_cpu``: the
     download's moves to its client's CPU, which the loop makes for the datagrams it
-    receives (:mod:`netsvc.tftp.colocate`). Returns why it
-    stopped and, for :attr:`Reason.DATAGRAM`, the datagram, which the caller gives to
-    the engine."""
+    receives (:mod:`netsvc.tftp.colocate`). Returns why it stopped and, for
+    :attr:`Reason.DATAGRAM`, the datagram, which the caller gives to the engine."""
     if _lockstep is None:
         raise RuntimeError("netsvc.tftp._lockstep is not built")
     timer = engine.timer
