@@ -97,6 +97,7 @@ def test_anything_but_a_job_is_refused(garbage: bytes) -> None:
             Outcome.COMPLETE,
             TransferStats(started=5.25, blocks=3, bytes=1280, retransmits=2, error_code=None),
             pid=1234,
+            timer_floor=0.0375,
         ),
         DownloadReport(
             Outcome.PEER_ERROR,

@@ -8,6 +8,7 @@ netsvc-tftp`` in a process of its own.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import time
@@ -23,7 +24,8 @@ from twisted.internet.task import deferLater
 from netsvc.tftp import server as server_module
 from netsvc.tftp.backend import FilesystemBackend, MemoryWriter
 from netsvc.tftp.client import _ClientSession, download
-from netsvc.tftp.downloader import DownloadJob
+from netsvc.tftp.downloader import DownloadJob, DownloadReport
+from netsvc.tftp.engine import Outcome, TransferStats
 from netsvc.tftp.server import tftp_service
 from netsvc.udpport import QuietUDPPort, socket_set_for
 from tests.interop_support import HOST, TFTPServer
@@ -164,6 +166,56 @@ async def test_a_client_on_this_host_gets_a_worker_that_follows_its_cpu(
         assert [job.follow_client_cpu for job in catcher.jobs] == [follow]
         assert asked == ([(HOST, HOST)] if follow else [])
     finally:
+        stopped = service.stopService()
+        if stopped is not None:
+            await stopped
+
+
+class ReportingHelper(JobCatcher):
+    """A download helper whose "worker" ends each download at once with the report the
+    test gives (:attr:`floor` as the timer floor it learned)."""
+
+    def __init__(self, floor: float) -> None:
+        super().__init__()
+        self.floor = floor
+
+    def hand_over(self, job: DownloadJob, peer_socket: socket.socket, file_fd: int) -> int:
+        self.jobs.append(job)
+        read_end, write_end = os.pipe()
+        stats = TransferStats(started=0.0, finished=0.0, blocks=100, bytes=len(DATA) * 100)
+        report = DownloadReport(Outcome.COMPLETE, stats, os.getpid(), self.floor)
+        os.write(write_end, report.encode())
+        os.close(write_end)
+        return read_end
+
+
+@pytest.mark.parametrize(("learned", "expected"), [(0.08, 0.08), (0.005, 0.005), (5.0, 0.2)])
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_the_next_download_for_a_host_starts_from_the_floor_the_last_one_learned(
+    tmp_path: Path, learned: float, expected: float
+) -> None:
+    (tmp_path / "f").write_bytes(DATA * 100)
+    service = tftp_service(reactor, FilesystemBackend(str(tmp_path)), port=0, interface=HOST)
+    service.startService()
+    clients = [udp_socket(), udp_socket()]
+    try:
+        listening = next(iter(service)).port
+        server = listening.protocol
+        helper = server.helper = ReportingHelper(learned)
+        request = b"\x00\x01f\x00octet\x00blksize\x00512\x00"
+        for client in clients:
+            client.sendto(request, (HOST, listening.getHost().port))
+            for _ in range(100):  # the report is read and the transfer ends
+                await deferLater(reactor, 0.01)
+                if not server.transfers:
+                    break
+        server.helper = None  # there is no process to stop
+        first, second = (job.sender.min_rto for job in helper.jobs)
+        assert first == server.limits.min_rto == 0.005
+        assert second == expected  # what the first learned, at most SHARED_CAP
+    finally:
+        for client in clients:
+            client.close()
         stopped = service.stopService()
         if stopped is not None:
             await stopped

@@ -172,6 +172,9 @@ class DownloadReport:
     outcome: Outcome
     stats: TransferStats
     pid: int
+    #: the retransmission timer's floor at the end (seconds): what the download learned
+    #: of its client's delays (netsvc.tftp.floors)
+    timer_floor: float = 0.0
 
     def encode(self) -> bytes:
         stats = self.stats
@@ -187,6 +190,7 @@ class DownloadReport:
             stats.retransmits,
             stats.timeouts,
             -1 if code is None else code,
+            self.timer_floor,
         ) + stats.error_message.encode("utf-8", "replace")
 
     @classmethod
@@ -194,7 +198,7 @@ class DownloadReport:
         """The report in ``data``, or ``None`` for anything else (a worker that died)."""
         try:
             (tag, outcome, pid, started, finished, blocks, size, retransmits, timeouts,
-             code) = _REPORT.unpack_from(data)
+             code, timer_floor) = _REPORT.unpack_from(data)
             message = data[_REPORT.size :].decode("utf-8", "replace")
         except struct.error:
             return None
@@ -210,7 +214,7 @@ class DownloadReport:
             error_code=None if code < 0 else code,
             error_message=message,
         )
-        return cls(_OUTCOMES[outcome], stats, pid)
+        return cls(_OUTCOMES[outcome], stats, pid, timer_floor)
 
 
 # Jobs and reports are fixed binary records (a tag, then the fields; a job's OACK and a
@@ -218,8 +222,8 @@ class DownloadReport:
 # report per download, and JSON with attrs.asdict was about 5 % of its work per request.
 _JOB_TAG = b"TFJ2"
 _JOB = struct.Struct("=4sIIddddiQ?d???")
-_REPORT_TAG = b"TFR1"
-_REPORT = struct.Struct("=4sBidd4Qi")
+_REPORT_TAG = b"TFR2"
+_REPORT = struct.Struct("=4sBidd4Qid")
 _OUTCOMES = tuple(Outcome)
 
 
@@ -404,4 +408,6 @@ def run_job(job: DownloadJob, peer_fd: int, file_fd: int, board: mmap.mmap) -> D
             steady=steady,
             client_cpu=client_cpu,
         )
-    return DownloadReport(engine.outcome or Outcome.LOCAL_ERROR, engine.stats, os.getpid())
+    return DownloadReport(
+        engine.outcome or Outcome.LOCAL_ERROR, engine.stats, os.getpid(), engine.timer.minimum
+    )

@@ -25,6 +25,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from netsvc.addr import plain_host
 from netsvc.destination import Destination
 from netsvc.echo import is_unanswerable_source
 from netsvc.listening import ListenGroup, UDPListenService, add_child
@@ -40,12 +41,14 @@ from netsvc.tftp.downloader import (
 )
 from netsvc.tftp.engine import (
     BlockReceiver,
+    BlockSender,
     Outcome,
     RetransmitTimer,
     TransferStats,
     encode_error,
 )
 from netsvc.tftp.files import FilesystemReader
+from netsvc.tftp.floors import LearnedFloors
 from netsvc.tftp.handoff import DownloadHelper, ReportPipe, can_hand_off
 from netsvc.tftp.options import Negotiated, OptionNegotiationError, ServerOptionPolicy, negotiate
 from netsvc.tftp.packets import (
@@ -121,18 +124,23 @@ class TFTPServerLimits:
     #: Ephemeral ports for transfers (inclusive range), or ``None`` for any.
     port_range: tuple[int, int] | None = None
 
-    def timer_for(self, timeout_option: int | None) -> RetransmitTimer:
+    def timer_for(
+        self, timeout_option: int | None, learned_floor: float | None = None
+    ) -> RetransmitTimer:
         """A retransmission timer for one transfer.
 
         A negotiated ``timeout`` option (RFC 2349) is the client's retransmission interval:
         ours adapts below it, from measured round trips, but never waits longer.
+        ``learned_floor``: a floor earlier downloads learned for this client's host
+        (:mod:`netsvc.tftp.floors`), used where it is above ``min_rto``.
         """
         maximum = self.max_rto
         if timeout_option is not None:
             maximum = min(maximum, float(timeout_option))
+        minimum = self.min_rto if learned_floor is None else max(self.min_rto, learned_floor)
         return RetransmitTimer(
             initial=min(self.initial_rto, maximum),
-            minimum=min(self.min_rto, maximum),
+            minimum=min(minimum, maximum),
             maximum=maximum,
         )
 
@@ -198,6 +206,9 @@ class TFTPServer(DatagramProtocol):
         #: client's CPU (:mod:`netsvc.tftp.colocate`).
         self.follow_client_cpu = follow_client_cpu
         self.helper: DownloadHelper | None = None
+        #: Retransmission floors that downloads learned, per client host: later
+        #: downloads for that host start from them (:mod:`netsvc.tftp.floors`).
+        self.learned_floors = LearnedFloors(reactor.seconds)
         #: The listener's address. Transfer sockets bind to it, or, when it is the
         #: unspecified address, to the address each request was sent to (where the
         #: listening port tells): replies come from the address the client talked to.
@@ -379,6 +390,7 @@ class Transfer(EngineSession):
         self._report_pipe: ReportPipe | None = None
         self._report: DownloadReport | None = None
         self._report_lost = False
+        self._start_floor: float | None = None  # the download timer's first floor
         self._end_waiters: list[Deferred[None]] = []
         # While the backend opens the file: its answer, and the idle timeout on it.
         self._opening: Deferred[Any] | None = None
@@ -505,7 +517,9 @@ class Transfer(EngineSession):
 
     def _sender_settings(self, negotiated: Negotiated) -> SenderSettings:
         limits = self.server.limits
-        timer = limits.timer_for(negotiated.timeout)
+        host = plain_host(self.key[0])
+        timer = limits.timer_for(negotiated.timeout, self.server.learned_floors.floor_for(host))
+        self._start_floor = timer.minimum
         return SenderSettings(
             blksize=negotiated.blksize,
             windowsize=negotiated.windowsize,
@@ -645,10 +659,22 @@ class Transfer(EngineSession):
         _cancel(self._open_timer)
         self._duration_timer = self._open_timer = None
         self.server.transfer_ended(self)
+        self._remember_floor()
         self._log_outcome()
         waiters, self._end_waiters = self._end_waiters, []
         for waiter in waiters:
             waiter.callback(None)
+
+    def _remember_floor(self) -> None:
+        """Pass on what this download's timer learned of its client's delays."""
+        if self._report is not None:
+            floor = self._report.timer_floor
+        elif isinstance(self.engine, BlockSender):
+            floor = self.engine.timer.minimum
+        else:
+            return  # an upload, or nothing ran
+        if self._start_floor is not None and floor > self._start_floor:
+            self.server.learned_floors.learned(plain_host(self.key[0]), floor)
 
     @property
     def succeeded(self) -> bool:

@@ -1,0 +1,71 @@
+"""Retransmission floors learned per client host (netsvc.tftp.floors)."""
+
+from __future__ import annotations
+
+from netsvc.tftp.floors import KEEP_FOR, SHARED_CAP, LearnedFloors
+from netsvc.tftp.server import TFTPServerLimits
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_learned_floor_is_for_its_host_only() -> None:
+    floors = LearnedFloors(Clock())
+    floors.learned("192.0.2.1", 0.03)
+    assert floors.floor_for("192.0.2.1") == 0.03
+    assert floors.floor_for("192.0.2.2") is None
+
+
+def test_a_shared_floor_is_capped() -> None:
+    floors = LearnedFloors(Clock())
+    floors.learned("192.0.2.1", 2.0)
+    assert floors.floor_for("192.0.2.1") == SHARED_CAP
+
+
+def test_a_floor_is_forgotten_keep_for_seconds_after_it_was_learned() -> None:
+    clock = Clock()
+    floors = LearnedFloors(clock)
+    floors.learned("192.0.2.1", 0.03)
+    clock.now += KEEP_FOR - 1
+    assert floors.floor_for("192.0.2.1") == 0.03  # asking does not keep it
+    clock.now += 1
+    assert floors.floor_for("192.0.2.1") is None
+    assert len(floors) == 0
+
+
+def test_a_fresh_floor_only_grows_a_stale_one_is_replaced() -> None:
+    clock = Clock()
+    floors = LearnedFloors(clock)
+    floors.learned("192.0.2.1", 0.05)
+    floors.learned("192.0.2.1", 0.02)  # a concurrent download learned less
+    assert floors.floor_for("192.0.2.1") == 0.05
+    clock.now += KEEP_FOR
+    floors.learned("192.0.2.1", 0.02)
+    assert floors.floor_for("192.0.2.1") == 0.02
+
+
+def test_the_hosts_learned_longest_ago_go_first() -> None:
+    clock = Clock()
+    floors = LearnedFloors(clock, max_hosts=3)
+    for number in range(1, 5):
+        clock.now += 1
+        floors.learned(f"192.0.2.{number}", 0.01 * number)
+    floors.learned("192.0.2.2", 0.05)  # learned again: now the newest
+    clock.now += 1
+    floors.learned("192.0.2.5", 0.05)
+    assert len(floors) == 3
+    assert floors.floor_for("192.0.2.1") is None and floors.floor_for("192.0.2.3") is None
+    assert [floors.floor_for(f"192.0.2.{n}") for n in (2, 4, 5)] == [0.05, 0.04, 0.05]
+
+
+def test_a_timer_starts_from_the_learned_floor_within_the_servers_bounds() -> None:
+    limits = TFTPServerLimits()
+    assert limits.timer_for(None).minimum == limits.min_rto
+    assert limits.timer_for(None, 0.05).minimum == 0.05
+    assert limits.timer_for(None, 0.001).minimum == limits.min_rto  # never below min_rto
+    assert limits.timer_for(1, 5.0).minimum == 1.0  # never above the client's timeout
