@@ -292,6 +292,26 @@ def test_a_lost_ack_is_recovered_by_the_engines_timer(serve: Callable[..., Resul
     assert sum(acked for _, acked in result.pumped) > 20
 
 
+def test_the_report_carries_the_floor_a_spurious_timeout_taught(
+    serve: Callable[..., Result],
+) -> None:
+    data = payload(30 * 512)
+
+    def late_ack(sock: socket.socket, block: int, copy: int) -> bool:
+        if block == 12 and copy == 1:
+            time.sleep(0.03)  # late, not lost: the server's timer (at most 50 ms) fires
+        return True  # and both copies are acknowledged: the second ACK is a duplicate
+
+    result = serve(data, misbehave=late_ack)
+    assert bytes(result.client.received) == data
+    assert result.report.stats.retransmits >= 1
+    # Raised from serve's min_rto (10 ms) by the late ACK, at most the maximum (50 ms).
+    assert 0.015 < result.report.timer_floor <= 0.05
+    quiet = serve(data)
+    if quiet.report.stats.retransmits == 0:  # (a busy machine may delay an ACK too)
+        assert quiet.report.timer_floor == pytest.approx(0.01)  # serve's min_rto
+
+
 def test_an_error_from_the_client_ends_it_with_the_blocks_acked_so_far(
     serve: Callable[..., Result],
 ) -> None:
