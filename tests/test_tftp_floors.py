@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
+from netsvc.testing import LinkConditions
+from netsvc.tftp.backend import MemoryWriter
+from netsvc.tftp.client import download
 from netsvc.tftp.floors import KEEP_FOR, SHARED_CAP, LearnedFloors
-from netsvc.tftp.server import TFTPServerLimits
+from netsvc.tftp.server import TFTPServerLimits, Transfer
+from tests.tftp_support import SERVER_HOST, SERVER_PORT, fake_network, finish
 
 
 class Clock:
@@ -69,3 +75,32 @@ def test_a_timer_starts_from_the_learned_floor_within_the_servers_bounds() -> No
     assert limits.timer_for(None, 0.05).minimum == 0.05
     assert limits.timer_for(None, 0.001).minimum == limits.min_rto  # never below min_rto
     assert limits.timer_for(1, 5.0).minimum == 1.0  # never above the client's timeout
+
+
+
+def test_a_download_served_here_passes_on_the_floor_late_acks_taught_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started_from: list[float | None] = []
+    remember = Transfer._remember_floor
+
+    def noting_remember(self: Transfer) -> None:
+        started_from.append(self._start_floor)
+        remember(self)
+
+    monkeypatch.setattr(Transfer, "_remember_floor", noting_remember)
+    data = bytes(range(256)) * 2000  # 1,000 blocks of 512
+    # Blocks and ACKs up to 20 ms late, against a 5 ms floor: spurious timeouts (this
+    # seed of the simulated link has some; the run is deterministic).
+    reactor, server, _ = fake_network(
+        {"f": data}, conditions=LinkConditions(delay=0.0005, jitter=0.02), seed=0
+    )
+    for _ in range(2):
+        writer = MemoryWriter()
+        finish(reactor, download(reactor, SERVER_HOST, "f", writer, port=SERVER_PORT))
+        assert writer.data == data
+        reactor.run_until(lambda: not server.transfers, timeout=10)  # the last ACK arrives
+        if len(started_from) == 1:
+            learned = server.learned_floors.floor_for(SERVER_HOST)  # the client's host too
+            assert learned is not None and server.limits.min_rto < learned <= SHARED_CAP
+    assert started_from == [server.limits.min_rto, learned]
