@@ -4,16 +4,15 @@
 A lock-step download is a ping-pong between the client and the process serving it. When
 both run on one CPU, each wake-up is local; when they are on two, each one is a remote
 wake-up with an inter-processor interrupt. This script runs ``bench/tftp_burst.py``
-under ``perf record`` (the scheduler's ``sched_wakeup`` and ``sched_migrate_task``
-tracepoints, all CPUs) and tells, for every server, how the wake-ups between each
-client and its server process went:
+under ``perf record`` (the scheduler's ``sched_wakeup`` tracepoint, all CPUs) and tells,
+for every server, how the wake-ups between each client and its server process went:
 
   pairs        (server process, curl) pairs that woke each other at least 100 times
                (one per download)
   wake-ups     wake-ups between the two, both ways, per download
   remote       the share of them that woke the other on another CPU than the waker's
   split        pairs with more than half of their wake-ups remote
-  whole        pairs remote from their first wake-up to (nearly) their last: split for
+  whole        pairs with at least 90 % of their wake-ups remote: split for (nearly)
                the whole download
 
 A server process is any process that is neither curl nor a kernel thread; the load

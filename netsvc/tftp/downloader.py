@@ -365,7 +365,7 @@ def drive_download(
                     datagram = recv(1024)
                 except OSError:
                     continue  # the wait ended (EAGAIN), or an ICMP error: the timers decide
-            if client_cpu is not None:
+            if client_cpu is not None and client_cpu.wanted:
                 client_cpu.after_receive(peer_socket, alone())
             engine.on_datagram(datagram, clock())
     except _Stopped:
