@@ -254,6 +254,26 @@ def test_other_acks_after_a_timeout_leave_the_floor(acks: list[tuple[int, float]
     assert sender.timer.minimum == 0.005
 
 
+def test_a_repeat_from_the_peers_own_timer_leaves_the_floor_after_a_long_delay() -> None:
+    # busybox never answers a duplicate block: it repeats its last ACK after 100 ms of
+    # silence. Here the timer starts from a 150 ms floor (one a host's earlier download
+    # taught, netsvc.tftp.floors), block 2 is lost, the timeout resends it with block 3
+    # behind it, and block 3 is lost too: busybox's repeat of ACK 2 comes 100 ms after
+    # its first, within the 150 ms "delay". Taken for a late first copy, it doubled the
+    # floor, the next such loss doubled it again, up to 2 s: 1 MiB through 10 % loss
+    # then took minutes (3 busybox downloads in 100 in a simulation, and CI hung twice).
+    sent: list[bytes] = []
+    data = iter([bytes(512)] * 10 + [b""])
+    timer = RetransmitTimer(initial=1.0, minimum=0.15, maximum=2.0)
+    sender = BlockSender(sent.append, lambda n: next(data), now=0.0, timer=timer)
+    sender.on_ack(1, 0.001)  # block 2 goes out at 0.001 and is lost
+    sender.on_timeout(0.151)
+    assert [struct.unpack("!HH", d[:4])[1] for d in sent[-2:]] == [2, 3]
+    sender.on_ack(2, 0.152)  # the copy arrived; block 3 is lost
+    sender.on_ack(2, 0.252)  # busybox's own timer
+    assert timer.minimum == 0.15
+
+
 def test_a_block_sent_three_times_tells_nothing() -> None:
     sender, _ = _lockstep_after_samples()
     sender.on_timeout(0.008)

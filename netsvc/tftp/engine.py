@@ -22,10 +22,10 @@ What the engines guarantee:
 * Retransmission is adaptive (RFC 1123 4.2.3.2): each transfer estimates its round-trip
   time like TCP (SRTT/RTTVAR, RFC 6298, with Karn's rule: no sample from a retransmitted
   block), so a loss on a LAN costs milliseconds. A lock-step sender that finds a timeout
-  was spurious (the resent block acknowledged twice) raises its timer's floor to twice
-  the delay it saw. Timeouts back off exponentially up to the timer's ``maximum``, and
-  a transfer that makes no progress for ``give_up_after`` seconds (or, if set,
-  retransmits ``max_retries`` times in a row) fails.
+  was spurious (the resent block acknowledged twice, the second ACK at once) raises its
+  timer's floor to twice the delay it saw. Timeouts back off exponentially up to the
+  timer's ``maximum``, and a transfer that makes no progress for ``give_up_after``
+  seconds (or, if set, retransmits ``max_retries`` times in a row) fails.
 * Data is acknowledged only after the sink has written it (the sink may finish later:
   :meth:`BlockReceiver.write_done`).
 """
@@ -59,6 +59,13 @@ Send = Callable[[bytes], None]
 
 #: Blocks a lock-step sender may have in flight while it probes after timeouts.
 _PROBE_BLOCKS = 4
+
+#: A peer that gets a block twice answers the copy at once, so its repeated ACK follows
+#: the first within about one path delay (both at once when the peer was the one held
+#: up). A repeat that comes later is the peer's own retransmission timer (busybox repeats
+#: its ACK after 100 ms of silence): it says nothing about our timeout, and taking it as
+#: proof of one would raise the floor from a delay our own timer made, again and again.
+_REPEAT_WITHIN = 0.02
 
 # A sender builds the blocks after its window while it waits for the ACK, so that the
 # ACK is answered with one send; at most this many bytes (and one window) are built ahead.
@@ -487,12 +494,13 @@ class BlockSender(_Engine):
         ``acked_at - sent_at``. On a CPU shared by many transfers such delays come and
         go, and every spurious timeout costs packets and work on both sides: the timer
         learns the delay (:meth:`RetransmitTimer.raise_floor`). A duplicate that comes
-        later than that delay again is more likely the peer's own timer, and is ignored.
+        later than that delay again, or later than :data:`_REPEAT_WITHIN`, is more likely
+        the peer's own timer, and is ignored.
         """
         acked_at = self._suspect_acked_at
         if acked_at is not None:
             delay = acked_at - self._suspect_sent_at
-            if now - acked_at <= delay:
+            if now - acked_at <= min(delay, _REPEAT_WITHIN):
                 self.timer.raise_floor(delay)
         self._suspect_block = -1
         self._suspect_acked_at = None
