@@ -16,11 +16,21 @@ tftpd-hpa runs as ``in.tftpd -L -T 100000`` (a 100 ms retransmission timer, the 
 offers); curl asks for a ``timeout`` option of 3 s, which tftpd-hpa obeys, so curl against
 tftpd-hpa often stalls: such runs are capped at ``--cap`` seconds and reported as ``>cap``.
 Every loop is bounded; the namespaces are always removed. Last line: ``SUMMARY tftp-lossy``.
+
+``--same-server`` keeps one server (and its namespaces) per server name for all rounds,
+as a real server serves a host again and again: what one download leaves behind (netsvc's
+retransmission floors shared per host, ``netsvc.tftp.floors``) reaches the next.
+``--busy N`` runs N busy loops for the whole run, a loaded machine (as a busy CI runner).
+The eleventh session's busybox hang showed with both:
+
+    sudo .venv/bin/python bench/tftp_lossy.py --servers netsvc --clients busybox \
+        --same-server --busy 2 --runs 40 --cap 40
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import statistics
@@ -28,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -90,10 +101,10 @@ def wait_until_serving(pair: NetnsPair, work: Path, deadline: float) -> None:
     raise RuntimeError("server did not answer within its start-up time")
 
 
-def one_run(
-    server: str, client: str, args: argparse.Namespace, root: Path, work: Path
-) -> tuple[float, bool]:
-    """Seconds for one download (``inf`` when capped) and whether the bytes were right."""
+@contextlib.contextmanager
+def serving(server: str, args: argparse.Namespace, root: Path, work: Path) -> Iterator[NetnsPair]:
+    """A fresh pair of namespaces with ``server`` running in A, proven to serve, and the
+    loss set; everything is stopped and removed on exit."""
     with NetnsPair() as pair:
         log = (work / f"{server}.log").open("wb")
         process = pair.a.popen(
@@ -102,20 +113,26 @@ def one_run(
         try:
             wait_until_serving(pair, work, time.monotonic() + 20)
             pair.set_loss(args.loss)
-            out = work / "out"
-            out.unlink(missing_ok=True)
-            started = time.monotonic()
-            try:
-                result = pair.b.run(
-                    client_command(client, pair.a_address, out, args.cap), timeout=args.cap + 5
-                )
-                code = result.returncode
-            except subprocess.TimeoutExpired:
-                code = -9
-            elapsed = time.monotonic() - started
+            yield pair
         finally:
             stop(process)
             log.close()
+
+
+def download(pair: NetnsPair, client: str, args: argparse.Namespace, root: Path, work: Path
+             ) -> tuple[float, bool]:
+    """Seconds for one download (``inf`` when capped) and whether the bytes were right."""
+    out = work / "out"
+    out.unlink(missing_ok=True)
+    started = time.monotonic()
+    try:
+        result = pair.b.run(
+            client_command(client, pair.a_address, out, args.cap), timeout=args.cap + 5
+        )
+        code = result.returncode
+    except subprocess.TimeoutExpired:
+        code = -9
+    elapsed = time.monotonic() - started
     good = (
         code == 0
         and out.exists()
@@ -129,6 +146,19 @@ def one_run(
     return elapsed, good
 
 
+@contextlib.contextmanager
+def busy_loops(count: int) -> Iterator[None]:
+    """``count`` processes spinning on a CPU each (each ends by itself after an hour)."""
+    spin = "import time\nend = time.monotonic() + 3600\nwhile time.monotonic() < end: pass"
+    loops = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--servers", default="netsvc,hpa")
@@ -137,6 +167,10 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=1 << 20, help="bytes")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--cap", type=float, default=60.0, help="seconds per download")
+    parser.add_argument("--same-server", action="store_true",
+                        help="one server per name for all rounds (floors carry over)")
+    parser.add_argument("--busy", type=int, default=0, metavar="N",
+                        help="N busy loops running throughout (a loaded machine)")
     args = parser.parse_args()
     available, reason = namespaces_available()
     if not available:
@@ -144,7 +178,9 @@ def main() -> int:
         return 2
     servers = args.servers.split(",")
     clients = args.clients.split(",")
-    with tempfile.TemporaryDirectory(prefix="tftp-lossy-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="tftp-lossy-"))
+        stack.enter_context(busy_loops(args.busy))
         root = Path(tmp) / "root"
         root.mkdir()
         (root / "file").write_bytes(os.urandom(args.size))
@@ -152,10 +188,17 @@ def main() -> int:
         os.chmod(tmp, 0o755)
         work = Path(tmp)
         times: dict[tuple[str, str], list[float]] = {}
+        kept = {}
+        if args.same_server:
+            kept = {name: stack.enter_context(serving(name, args, root, work)) for name in servers}
         for round_number in range(1, args.runs + 1):
             for client in clients:
                 for server in servers:
-                    elapsed, good = one_run(server, client, args, root, work)
+                    if server in kept:
+                        elapsed, good = download(kept[server], client, args, root, work)
+                    else:
+                        with serving(server, args, root, work) as pair:
+                            elapsed, good = download(pair, client, args, root, work)
                     times.setdefault((server, client), []).append(elapsed if good else float("inf"))
                     shown = f"{elapsed:.2f} s" if elapsed != float("inf") else f">{args.cap:.0f} s"
                     print(

@@ -261,7 +261,7 @@ def test_a_repeat_from_the_peers_own_timer_leaves_the_floor_after_a_long_delay()
     # behind it, and block 3 is lost too: busybox's repeat of ACK 2 comes 100 ms after
     # its first, within the 150 ms "delay". Taken for a late first copy, it doubled the
     # floor, the next such loss doubled it again, up to 2 s: 1 MiB through 10 % loss
-    # then took minutes (3 busybox downloads in 100 in a simulation, and CI hung twice).
+    # then took minutes (15 in 400 in bench/tftp_busybox_model.py; CI hung twice).
     sent: list[bytes] = []
     data = iter([bytes(512)] * 10 + [b""])
     timer = RetransmitTimer(initial=1.0, minimum=0.15, maximum=2.0)
