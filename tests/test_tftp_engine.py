@@ -274,6 +274,46 @@ def test_a_repeat_from_the_peers_own_timer_leaves_the_floor_after_a_long_delay()
     assert timer.minimum == 0.15
 
 
+def _lockstep_from_a_learned_floor() -> tuple[BlockSender, RetransmitTimer]:
+    """A lock-step sender whose timer starts from a 160 ms floor another download learned
+    (its own lowest is 5 ms); block 1 acknowledged after 1 ms, block 2 in flight since
+    t=0.001."""
+    data = iter([bytes(512)] * 20 + [b""])
+    timer = RetransmitTimer(initial=1.0, minimum=0.16, maximum=2.0, lowest=0.005)
+    sender = BlockSender(lambda datagram: None, lambda n: next(data), now=0.0, timer=timer)
+    sender.on_ack(1, 0.001)
+    return sender, timer
+
+
+def test_a_real_loss_halves_a_learned_floor() -> None:
+    sender, timer = _lockstep_from_a_learned_floor()
+    sender.on_timeout(0.161)  # block 2 was lost
+    sender.on_ack(2, 0.1612)  # the copy's ACK, a round trip after it went out
+    assert timer.minimum == pytest.approx(0.08)
+    for block in range(3, 9):  # each further loss halves it again, down to its lowest
+        now = sender.deadline
+        assert now is not None
+        sender.on_timeout(now)
+        sender.on_ack(block, now + 0.0002)
+    assert timer.minimum == 0.005
+    assert sender.outcome is None
+
+
+def test_an_ack_long_after_the_copy_leaves_the_floor() -> None:
+    sender, timer = _lockstep_from_a_learned_floor()
+    sender.on_timeout(0.161)
+    sender.on_ack(2, 0.170)  # 9 ms after the copy: the first copy's, late
+    assert timer.minimum == 0.16
+
+
+def test_a_late_block_answered_twice_raises_the_floor_again() -> None:
+    sender, timer = _lockstep_from_a_learned_floor()
+    sender.on_timeout(0.161)
+    sender.on_ack(2, 0.1612)  # looks like the copy's answer: halved...
+    sender.on_ack(2, 0.1613)  # ...but the peer answers the copy too: the first was late
+    assert timer.minimum == pytest.approx(2 * 0.1602)
+
+
 def test_a_block_sent_three_times_tells_nothing() -> None:
     sender, _ = _lockstep_after_samples()
     sender.on_timeout(0.008)

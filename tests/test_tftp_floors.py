@@ -75,6 +75,8 @@ def test_a_timer_starts_from_the_learned_floor_within_the_servers_bounds() -> No
     assert limits.timer_for(None, 0.05).minimum == 0.05
     assert limits.timer_for(None, 0.001).minimum == limits.min_rto  # never below min_rto
     assert limits.timer_for(1, 5.0).minimum == 1.0  # never above the client's timeout
+    # Real losses may take a learned floor back down to min_rto, no further.
+    assert limits.timer_for(None, 0.05).lowest == limits.min_rto
 
 
 

@@ -60,12 +60,23 @@ def job(max_duration: float | None = None, **changes: object) -> DownloadJob:
 
 
 @pytest.mark.parametrize("preamble", [None, b"\x00\x06blksize\x00512\x00"])
-def test_a_job_survives_its_trip_to_the_helper(preamble: bytes | None) -> None:
+@pytest.mark.parametrize("lowest_rto", [None, 0.005])
+def test_a_job_survives_its_trip_to_the_helper(
+    preamble: bytes | None, lowest_rto: float | None
+) -> None:
     sent = DownloadJob(
-        settings(preamble=preamble), size=7, netascii=True, max_duration=3.5, spin=True,
-        follow_client_cpu=True,
+        settings(preamble=preamble, lowest_rto=lowest_rto), size=7, netascii=True,
+        max_duration=3.5, spin=True, follow_client_cpu=True,
     )
     assert DownloadJob.decode(sent.encode()) == sent
+
+
+def test_the_engine_a_job_builds_may_lower_its_floor_to_lowest_rto() -> None:
+    engine = settings(min_rto=0.04, lowest_rto=0.005).new_sender(
+        lambda datagram: None, lambda size: bytes(size), 0.0
+    )
+    assert (engine.timer.minimum, engine.timer.lowest) == (0.04, 0.005)
+    assert settings().new_sender(lambda d: None, bytes, 0.0).timer.lowest == 0.01
 
 
 def _a_job() -> bytes:

@@ -75,6 +75,9 @@ class SenderSettings:
     max_rto: float
     give_up_after: float
     first_contact_retries: int
+    #: as low as real losses take the floor when ``min_rto`` is a learned one (``None``:
+    #: ``min_rto``; see RetransmitTimer.lower_floor)
+    lowest_rto: float | None = None
 
     def new_sender(
         self,
@@ -91,7 +94,7 @@ class SenderSettings:
             send_many=send_many,
             blksize=self.blksize,
             windowsize=self.windowsize,
-            timer=RetransmitTimer(self.initial_rto, self.min_rto, self.max_rto),
+            timer=RetransmitTimer(self.initial_rto, self.min_rto, self.max_rto, self.lowest_rto),
             preamble=self.preamble,
             give_up_after=self.give_up_after,
             first_contact_retries=self.first_contact_retries,
@@ -123,6 +126,7 @@ class DownloadJob:
                 settings.max_rto,
                 settings.give_up_after,
                 settings.first_contact_retries,
+                _float_or_nan(settings.lowest_rto),
                 self.size,
                 self.netascii,
                 _float_or_nan(self.max_duration),
@@ -138,7 +142,7 @@ class DownloadJob:
         """:raises ValueError: not a job."""
         try:
             (tag, blksize, windowsize, initial_rto, min_rto, max_rto, give_up_after,
-             retries, size, netascii, max_duration, spin, follow_client_cpu,
+             retries, lowest_rto, size, netascii, max_duration, spin, follow_client_cpu,
              has_preamble) = _JOB.unpack_from(data)
         except struct.error as error:
             raise ValueError(f"not a download job: {error}") from None
@@ -154,6 +158,7 @@ class DownloadJob:
             max_rto=max_rto,
             give_up_after=give_up_after,
             first_contact_retries=retries,
+            lowest_rto=_none_if_nan(lowest_rto),
         )
         return cls(
             sender=settings,
@@ -220,8 +225,8 @@ class DownloadReport:
 # Jobs and reports are fixed binary records (a tag, then the fields; a job's OACK and a
 # report's error message follow as raw bytes): the server builds one job and reads one
 # report per download, and JSON with attrs.asdict was about 5 % of its work per request.
-_JOB_TAG = b"TFJ2"
-_JOB = struct.Struct("=4sIIddddiQ?d???")
+_JOB_TAG = b"TFJ3"
+_JOB = struct.Struct("=4sIIddddidQ?d???")
 _REPORT_TAG = b"TFR2"
 _REPORT = struct.Struct("=4sBidd4Qid")
 _OUTCOMES = tuple(Outcome)

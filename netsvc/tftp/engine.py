@@ -23,9 +23,10 @@ What the engines guarantee:
   time like TCP (SRTT/RTTVAR, RFC 6298, with Karn's rule: no sample from a retransmitted
   block), so a loss on a LAN costs milliseconds. A lock-step sender that finds a timeout
   was spurious (the resent block acknowledged twice, the second ACK at once) raises its
-  timer's floor to twice the delay it saw. Timeouts back off exponentially up to the
-  timer's ``maximum``, and a transfer that makes no progress for ``give_up_after``
-  seconds (or, if set, retransmits ``max_retries`` times in a row) fails.
+  timer's floor to twice the delay it saw; one that was a real loss (the copy answered
+  within a round trip) halves it again, down to the timer's ``lowest``. Timeouts back off
+  exponentially up to the timer's ``maximum``, and a transfer that makes no progress for
+  ``give_up_after`` seconds (or, if set, retransmits ``max_retries`` times in a row) fails.
 * Data is acknowledged only after the sink has written it (the sink may finish later:
   :meth:`BlockReceiver.write_done`).
 """
@@ -66,6 +67,10 @@ _PROBE_BLOCKS = 4
 #: its ACK after 100 ms of silence): it says nothing about our timeout, and taking it as
 #: proof of one would raise the floor from a delay our own timer made, again and again.
 _REPEAT_WITHIN = 0.02
+
+#: An ACK this soon after a retransmission (or within two smoothed round trips, if
+#: longer) answers the retransmission, not the first copy (see ``_check_lost``).
+_PROMPT_ANSWER = 0.001
 
 # A sender builds the blocks after its window while it waits for the ACK, so that the
 # ACK is answered with one send; at most this many bytes (and one window) are built ahead.
@@ -120,15 +125,26 @@ class RetransmitTimer:
     ``initial`` is used until the first sample; ``minimum`` keeps a burst of loopback
     samples from producing a timer shorter than the peer's scheduling jitter; ``maximum``
     caps the backoff (and is lowered to the TFTP ``timeout`` option when one is agreed).
+    ``lowest`` (at most ``minimum``, by default equal) is as low as :meth:`lower_floor`
+    takes the floor: a floor learned earlier can start above it.
     """
 
-    __slots__ = ("backoff", "initial", "maximum", "minimum", "rto", "rttvar", "srtt")
+    __slots__ = ("backoff", "initial", "lowest", "maximum", "minimum", "rto", "rttvar", "srtt")
 
-    def __init__(self, initial: float = 1.0, minimum: float = 0.005, maximum: float = 2.0) -> None:
+    def __init__(
+        self,
+        initial: float = 1.0,
+        minimum: float = 0.005,
+        maximum: float = 2.0,
+        lowest: float | None = None,
+    ) -> None:
         if not 0 < minimum <= maximum:
             raise ValueError(f"need 0 < minimum <= maximum, got {minimum}, {maximum}")
+        if lowest is not None and not 0 < lowest <= minimum:
+            raise ValueError(f"need 0 < lowest <= minimum, got {lowest}, {minimum}")
         self.initial = initial
         self.minimum = minimum
+        self.lowest = minimum if lowest is None else lowest
         self.maximum = maximum
         self.srtt: float | None = None
         self.rttvar = 0.0
@@ -184,6 +200,15 @@ class RetransmitTimer:
         floor = min(2 * delay, self.maximum)
         if floor > self.minimum:
             self.minimum = floor
+            self._update()
+
+    def lower_floor(self) -> None:
+        """A timeout was a real loss: the floor only made its recovery wait. Halve it (not
+        below ``lowest``): on a lossy path a floor learned from late ACKs, or one shared
+        by an earlier download (:mod:`netsvc.tftp.floors`), would otherwise cost every
+        loss of the transfer that much."""
+        if self.minimum > self.lowest:
+            self.minimum = max(self.minimum / 2, self.lowest)
             self._update()
 
     def _update(self) -> None:
@@ -343,6 +368,7 @@ class BlockSender(_Engine):
         # its first ACK came (see _check_spurious).
         self._suspect_block = -1
         self._suspect_sent_at = 0.0
+        self._suspect_resent_at = 0.0
         self._suspect_acked_at: float | None = None
         if preamble is not None:
             self._window.append(preamble)  # alone: data waits for its ACK 0
@@ -454,6 +480,7 @@ class BlockSender(_Engine):
             sent_at = self._sent_at[done - 1]
             if acked == self._suspect_block and self._suspect_acked_at is None:
                 self._suspect_acked_at = now
+                self._check_lost(now)
             # Time only ACKs the receiver sends at once: the one for the last block sent.
             # A partial ACK may have waited for the receiver's own timer.
             if sent_at >= 0 and acked == sent_end:
@@ -487,6 +514,18 @@ class BlockSender(_Engine):
             # Lock-step duplicate ACK: never a retransmission (Sorcerer's Apprentice), but
             # perhaps a sign that the last timeout was spurious.
             self._check_spurious(now)
+
+    def _check_lost(self, now: float) -> None:
+        """The first ACK of the block a timeout resent came ``now``. Within about a round
+        trip of the copy, it answers the copy: the first was lost (or its ACK was), and
+        the floor only delayed the recovery (:meth:`RetransmitTimer.lower_floor`). Had the
+        first copy been only late, its ACK could come any time after the copy went out,
+        and a peer that answers duplicates repeats it at once: :meth:`_check_spurious`
+        then raises the floor again, above where it was."""
+        srtt = self.timer.srtt
+        round_trip = _PROMPT_ANSWER if srtt is None else max(2 * srtt, _PROMPT_ANSWER)
+        if now - self._suspect_resent_at <= round_trip:
+            self.timer.lower_floor()
 
     def _check_spurious(self, now: float) -> None:
         """A second ACK of the block a timeout retransmitted: the peer got that block
@@ -628,6 +667,7 @@ class BlockSender(_Engine):
             if self._sent_at[0] >= 0:  # its first retransmission: it may be only late
                 self._suspect_block = self._base
                 self._suspect_sent_at = self._sent_at[0]
+                self._suspect_resent_at = now
                 self._suspect_acked_at = None
             else:
                 self._suspect_block = -1  # sent three times or more: no telling

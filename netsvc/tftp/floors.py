@@ -13,7 +13,10 @@ remembers a floor a download learned (raised above the one it started with), per
 host, and the downloads for that host that start in the next :data:`KEEP_FOR` seconds
 start from it. A host that stops being late is forgotten: only new evidence keeps it.
 Shared floors are capped at :data:`SHARED_CAP` (TCP's own minimum timeout): one stall of
-a client does not slow every later transfer's loss recovery by seconds. Bounded: at most
+a client does not slow every later transfer's loss recovery by seconds, and a transfer
+halves its floor at each real loss (``RetransmitTimer.lower_floor``, down to the
+server's ``min_rto``), so on a lossy path an inherited floor costs only the first few
+losses. Bounded: at most
 :data:`MAX_HOSTS` hosts, the ones learned longest ago dropped first.
 """
 

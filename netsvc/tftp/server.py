@@ -132,7 +132,8 @@ class TFTPServerLimits:
         A negotiated ``timeout`` option (RFC 2349) is the client's retransmission interval:
         ours adapts below it, from measured round trips, but never waits longer.
         ``learned_floor``: a floor earlier downloads learned for this client's host
-        (:mod:`netsvc.tftp.floors`), used where it is above ``min_rto``.
+        (:mod:`netsvc.tftp.floors`), used where it is above ``min_rto``; real losses may
+        take it back down to ``min_rto`` (the timer's ``lowest``).
         """
         maximum = self.max_rto
         if timeout_option is not None:
@@ -142,6 +143,7 @@ class TFTPServerLimits:
             initial=min(self.initial_rto, maximum),
             minimum=min(minimum, maximum),
             maximum=maximum,
+            lowest=min(self.min_rto, maximum),
         )
 
     def __attrs_post_init__(self) -> None:
@@ -527,6 +529,7 @@ class Transfer(EngineSession):
             initial_rto=timer.initial,
             min_rto=timer.minimum,
             max_rto=timer.maximum,
+            lowest_rto=timer.lowest,
             give_up_after=limits.idle_timeout,
             first_contact_retries=limits.first_contact_retries,
         )
