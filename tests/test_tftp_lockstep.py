@@ -20,7 +20,7 @@ import attrs
 import pytest
 
 from netsvc.spin import IdleCpuCheck, Spinner, running_tasks
-from netsvc.tftp import downloader, lockstep
+from netsvc.tftp import colocate, downloader, lockstep
 from netsvc.tftp.downloader import (
     BOARD_SIZE,
     SHUTDOWN_MESSAGE,
@@ -135,7 +135,6 @@ class Result:
     report: DownloadReport
     client: Client
     pumped: list[tuple[lockstep.Reason, int]]  # (why the C loop returned, blocks it acked)
-    cpus_after_pump: list[int]  # the CPU this thread was on when the C loop returned
 
 
 @pytest.fixture
@@ -166,14 +165,12 @@ def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
         client.connect(server.getsockname())
         client.settimeout(5)
         pumped: list[tuple[lockstep.Reason, int]] = []
-        cpus_after_pump: list[int] = []
         real_pump = lockstep.pump
 
         def counting_pump(engine: Any, *args: Any, **kwargs: Any) -> Any:
             before = engine.stats.blocks
             reason, datagram = real_pump(engine, *args, **kwargs)
             pumped.append((reason, engine.stats.blocks - before))
-            cpus_after_pump.append(current_cpu())
             return reason, datagram
 
         monkeypatch.setattr(lockstep, "pump", counting_pump)
@@ -207,7 +204,7 @@ def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
             os.close(fd)
         thread.join(10)
         assert not thread.is_alive(), "the client did not finish"
-        return Result(report, peer, pumped, cpus_after_pump)
+        return Result(report, peer, pumped)
 
     yield serve
     for sock in sockets:
@@ -247,7 +244,8 @@ def test_block_numbers_roll_over_in_the_c_loop(serve: Callable[..., Result]) -> 
     result = serve(data, blksize=8)
     assert bytes(result.client.received) == data
     arrivals = result.client.arrivals
-    assert arrivals[65534:65538] == [65535, 0, 1, 2]
+    wrap = arrivals.index(0)  # not at a fixed index: a spurious timeout adds an arrival
+    assert arrivals[wrap - 2 : wrap + 3] == [65534, 65535, 0, 1, 2]
     assert sum(acked for _, acked in result.pumped) > 65536
 
 
@@ -463,15 +461,40 @@ def test_sigterm_after_the_last_ack_leaves_the_report_complete(
 
 @pytest.mark.parametrize("pump", [True, False], ids=["c-loop", "python-loop"])
 def test_a_download_moves_to_its_clients_cpu(
-    serve: Callable[..., Result], start_on_first_cpu: tuple[int, int], pump: bool
+    serve: Callable[..., Result],
+    start_on_first_cpu: tuple[int, int],
+    pump: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _, there = start_on_first_cpu
+    # Where each check left this thread, seen at once: moved there, or there already (the
+    # scheduler keeps a waker and its wakee together). It may move it back later (a move
+    # is a hint), most often here, where client and server share the GIL.
+    cpus_after_c_checks: list[int] = []
+    cpus_after_python_checks: list[int] = []
+    real_c_pump = lockstep._lockstep.pump  # type: ignore[union-attr]
+    real_move = colocate.move_to_incoming_cpu
+
+    def c_pump(state: lockstep.PumpState, board: Any) -> Any:
+        try:
+            return real_c_pump(state, board)
+        finally:
+            cpus_after_c_checks.append(state.follow_cpu)
+
+    def move(sock: socket.socket) -> bool:
+        known = real_move(sock)
+        cpus_after_python_checks.append(current_cpu())
+        return known
+
+    monkeypatch.setattr(lockstep._lockstep, "pump", c_pump)
+    monkeypatch.setattr(colocate, "move_to_incoming_cpu", move)
     data = payload(100 * 512)
     result = serve(data, pump=pump, follow_client_cpu=True, client_on_cpu=there)
     assert bytes(result.client.received) == data
     assert result.report.outcome is Outcome.COMPLETE
     if pump:  # the C loop received every ACK but the last one, and did the moving
         assert result.pumped == [(lockstep.Reason.READ, 99)]
-        assert result.cpus_after_pump == [there]
-    assert current_cpu() == there
+        assert cpus_after_c_checks == [there]
+    else:
+        assert cpus_after_c_checks == [] and cpus_after_python_checks[-1] == there
 

@@ -56,6 +56,7 @@ typedef struct {
     /* netsvc.tftp.colocate.ClientCpu: wanted, countdown; and CHECK_EVERY */
     int follow_client_cpu;
     long follow_countdown, follow_every;
+    int follow_cpu; /* where the last check left this process (-1: none; for tests) */
     /* IdleCpuCheck: its file ("": no check), CPU count, last answer and when it was read */
     char idle_cpu_path[IDLE_CPU_PATH_LIMIT];
     long idle_cpu_count;
@@ -239,7 +240,7 @@ static int is_ack_of(const unsigned char *datagram, ssize_t length, long long bl
 
 /* netsvc.tftp.colocate.move_to_incoming_cpu: move to the CPU that processed the last
  * packet from the client, then allow the former CPUs again; whether that CPU was known. */
-static int move_to_incoming_cpu(const Pump *p)
+static int move_to_incoming_cpu(Pump *p)
 {
     int cpu = -1;
     socklen_t length = sizeof cpu;
@@ -248,14 +249,15 @@ static int move_to_incoming_cpu(const Pump *p)
     if (cpu < 0)
         return 0;
     cpu_set_t allowed, there;
-    if (cpu >= CPU_SETSIZE || cpu == sched_getcpu() ||
-        sched_getaffinity(0, sizeof allowed, &allowed) != 0 || !CPU_ISSET(cpu, &allowed) ||
-        CPU_COUNT(&allowed) == 1)
-        return 1;
-    CPU_ZERO(&there);
-    CPU_SET(cpu, &there);
-    if (sched_setaffinity(0, sizeof there, &there) == 0)
-        (void)sched_setaffinity(0, sizeof allowed, &allowed);
+    if (cpu < CPU_SETSIZE && cpu != sched_getcpu() &&
+        sched_getaffinity(0, sizeof allowed, &allowed) == 0 && CPU_ISSET(cpu, &allowed) &&
+        CPU_COUNT(&allowed) > 1) {
+        CPU_ZERO(&there);
+        CPU_SET(cpu, &there);
+        if (sched_setaffinity(0, sizeof there, &there) == 0)
+            (void)sched_setaffinity(0, sizeof allowed, &allowed);
+    }
+    p->follow_cpu = sched_getcpu();
     return 1;
 }
 
@@ -394,6 +396,7 @@ static int load(PyObject *s, Pump *p)
         return -1;
     p->acked = 0;
     p->last_ack_at = 0.0;
+    p->follow_cpu = -1;
     if (get_int(s, "sock", &p->sock) < 0 || get_int(s, "file", &p->file) < 0 ||
         get_int(s, "blksize", &p->blksize) < 0 || get_long_long(s, "size", &p->size) < 0 ||
         get_double(s, "rto_min", &p->rto_min) < 0 || get_double(s, "rto_max", &p->rto_max) < 0 ||
@@ -443,6 +446,7 @@ static int store(PyObject *s, const Pump *p, const unsigned char *flight,
         set_new(s, "spin_next_pause", PyLong_FromLong(p->spin_next_pause)) < 0 ||
         set_new(s, "acked", PyLong_FromLong(p->acked)) < 0 ||
         set_new(s, "follow_countdown", PyLong_FromLong(p->follow_countdown)) < 0 ||
+        set_new(s, "follow_cpu", PyLong_FromLong(p->follow_cpu)) < 0 ||
         set_new(s, "last_ack_at", PyFloat_FromDouble(p->last_ack_at)) < 0 ||
         set_new(s, "in_flight", PyBytes_FromStringAndSize((const char *)flight, length)) < 0 ||
         set_new(s, "staged", staged_object) < 0)

@@ -96,6 +96,7 @@ class PumpState:
     follow_client_cpu: bool = False
     follow_countdown: int = 0
     follow_every: int = CHECK_EVERY
+    follow_cpu: int = -1  # where the loop's last check left it (set by it; for tests)
     acked: int = 0
     last_ack_at: float = 0.0
 
