@@ -16,8 +16,8 @@ Shared floors are capped at :data:`SHARED_CAP` (TCP's own minimum timeout): one 
 a client does not slow every later transfer's loss recovery by seconds, and a transfer
 halves its floor at each real loss (``RetransmitTimer.lower_floor``, down to the
 server's ``min_rto``), so on a lossy path an inherited floor costs only the first few
-losses. Bounded: at most
-:data:`MAX_HOSTS` hosts, the ones learned longest ago dropped first.
+losses. Bounded: at most :data:`MAX_HOSTS` hosts, the ones learned longest ago dropped
+first.
 """
 
 from __future__ import annotations
