@@ -200,6 +200,26 @@ def _enabled(spec: ServiceSpec, options: Mapping[str, Any]) -> bool:
     return any(values[name] not in (None, False) for name in switches)
 
 
+def _set_options(spec: ServiceSpec, options: Mapping[str, Any]) -> list[str]:
+    """The suite spellings of ``spec``'s options that were set (away from defaults)."""
+    changed: list[Param | Flag] = [
+        p for p in spec.params if options[_suite_name(spec, p)] != p.default
+    ]
+    changed += [f for f in spec.flags if options[_suite_name(spec, f)]]
+    return [f"--{_suite_name(spec, o)}" for o in changed]
+
+
+def _what_runs_it(spec: ServiceSpec) -> str:
+    if spec.suite_switch == "default-on":
+        return f"--no-{spec.name} switched it off"
+    if spec.suite_switch == "flag":
+        return f"it runs only with --{spec.name}"
+    switches = (spec.suite_switch,) if isinstance(spec.suite_switch, str) else spec.suite_switch
+    options: list[Param | Flag] = [*spec.params, *spec.flags]
+    spelled = [f"--{_suite_name(spec, o)}" for o in options if o.name in switches]
+    return f"it runs only with {' or '.join(spelled)}"
+
+
 def suite_options(specs: Sequence[ServiceSpec]) -> type[usage.Options]:
     """The ``Options`` class of ``twistd netsvc``: every spec's options, prefixed."""
     params: list[list[Any]] = []
@@ -214,6 +234,13 @@ def suite_options(specs: Sequence[ServiceSpec]) -> type[usage.Options]:
 
     def check(options: usage.Options) -> None:
         enabled = [spec for spec in specs if _enabled(spec, options)]
+        for spec in specs:
+            # An option of a service that does not run would be ignored without a word.
+            ignored = [] if spec in enabled else _set_options(spec, options)
+            if ignored:
+                raise usage.UsageError(
+                    f"{', '.join(ignored)}: for {spec.name}, which is off ({_what_runs_it(spec)})"
+                )
         if not enabled:
             raise usage.UsageError("every service is switched off: nothing to run")
         for spec in enabled:

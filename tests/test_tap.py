@@ -106,6 +106,26 @@ def test_suite_prefixes_options_and_can_switch_echo_off() -> None:
         parse(tap.Options, "--no-echo")
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tftp-port", "6969"], "--tftp-port: for tftp, which is off (it runs only with"
+         " --tftp-root)"),
+        (["--chat-charset", "gbk"], "--chat-charset: for chat, which is off (it runs only"
+         " with --chat)"),
+        (["--no-echo", "--echo-port", "7007", "--chat", "tcp:0"], "--echo-port: for echo,"
+         " which is off (--no-echo switched it off)"),
+        (["--broadcast-loopback"], "for broadcast, which is off (it runs only with --announce"
+         " or --discovery)"),
+    ],
+    ids=["tftp", "chat", "echo", "broadcast"],
+)
+def test_suite_refuses_options_of_a_service_that_is_off(args: list[str], message: str) -> None:
+    with pytest.raises(usage.UsageError) as raised:
+        parse(tap.Options, *args)
+    assert message in str(raised.value)
+
+
 def test_suite_children_are_named() -> None:
     root: Any = tap.makeService(parse(tap.Options))
     assert root.getServiceNamed("echo") is not None
