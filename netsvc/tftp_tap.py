@@ -103,7 +103,10 @@ def build_tftp(values: Values, reactor: Any) -> IService:
 
 def _check(values: Values) -> None:
     if not values["root"]:
-        raise usage.UsageError("--root DIR is required: the directory to serve")
+        # The same check serves both spellings: name both.
+        raise usage.UsageError(
+            "--root DIR is required (--tftp-root DIR in the suite): the directory to serve"
+        )
     if not os.path.isdir(values["root"]):
         raise usage.UsageError(f"the TFTP root {values['root']!r} is not a directory")
     if (values["overwrite"] or values["create-dirs"]) and not values["writable"]:

@@ -344,6 +344,11 @@ def test_tftp_no_spin_stops_the_transfer_sockets_waiting_awake(tmp_path: Any) ->
     assert sockets.spinner is None
 
 
+def test_an_empty_tftp_root_in_the_suite_names_the_suite_option() -> None:
+    with pytest.raises(usage.UsageError, match="--tftp-root DIR in the suite"):
+        parse(tap.Options, "--tftp-root", "")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
