@@ -55,6 +55,21 @@ def test_a_fresh_floor_only_grows_a_stale_one_is_replaced() -> None:
     assert floors.floor_for("192.0.2.1") == 0.02
 
 
+def test_a_lowered_floor_replaces_a_higher_one_and_keeps_its_age() -> None:
+    clock = Clock()
+    floors = LearnedFloors(clock)
+    floors.lowered("192.0.2.1", 0.01)  # nothing known: nothing to lower
+    assert floors.floor_for("192.0.2.1") is None
+    floors.learned("192.0.2.1", 0.2)
+    clock.now += 10
+    floors.lowered("192.0.2.1", 0.3)  # not lower: stays
+    assert floors.floor_for("192.0.2.1") == 0.2
+    floors.lowered("192.0.2.1", 0.025)
+    assert floors.floor_for("192.0.2.1") == 0.025
+    clock.now += KEEP_FOR - 10  # forgotten when the raise it came from is old
+    assert floors.floor_for("192.0.2.1") is None
+
+
 def test_the_hosts_learned_longest_ago_go_first() -> None:
     clock = Clock()
     floors = LearnedFloors(clock, max_hosts=3)
@@ -106,3 +121,17 @@ def test_a_download_served_here_passes_on_the_floor_late_acks_taught_it(
             learned = server.learned_floors.floor_for(SERVER_HOST)  # the client's host too
             assert learned is not None and server.limits.min_rto < learned <= SHARED_CAP
     assert started_from == [server.limits.min_rto, learned]
+
+
+def test_a_download_through_loss_passes_on_the_lower_floor_its_losses_left() -> None:
+    data = bytes(range(256)) * 400  # 200 blocks of 512
+    reactor, server, _ = fake_network(
+        {"f": data}, conditions=LinkConditions(delay=0.0005, loss=0.1), seed=1
+    )
+    server.learned_floors.learned(SERVER_HOST, SHARED_CAP)  # an earlier busy moment
+    writer = MemoryWriter()
+    finish(reactor, download(reactor, SERVER_HOST, "f", writer, port=SERVER_PORT))
+    assert writer.data == data
+    reactor.run_until(lambda: not server.transfers, timeout=30)
+    shared = server.learned_floors.floor_for(SERVER_HOST)
+    assert shared is not None and server.limits.min_rto <= shared < SHARED_CAP / 4

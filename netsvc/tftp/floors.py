@@ -16,8 +16,8 @@ Shared floors are capped at :data:`SHARED_CAP` (TCP's own minimum timeout): one 
 a client does not slow every later transfer's loss recovery by seconds, and a transfer
 halves its floor at each real loss (``RetransmitTimer.lower_floor``, down to the
 server's ``min_rto``), so on a lossy path an inherited floor costs only the first few
-losses. Bounded: at most :data:`MAX_HOSTS` hosts, the ones learned longest ago dropped
-first.
+losses, and the floor it ends with is the host's from then on. Bounded: at most
+:data:`MAX_HOSTS` hosts, the ones learned longest ago dropped first.
 """
 
 from __future__ import annotations
@@ -62,6 +62,14 @@ class LearnedFloors:
         self._floors[host] = (floor, now)
         while len(self._floors) > self._max_hosts:
             del self._floors[next(iter(self._floors))]
+
+    def lowered(self, host: str, floor: float) -> None:
+        """A download for ``host`` took its floor down to ``floor``: it saw real losses,
+        which a high floor only made slower to recover from. Later downloads start no
+        higher (the floor is still forgotten when the raise it came from is old)."""
+        known = self._floors.get(host)
+        if known is not None and floor < known[0]:
+            self._floors[host] = (floor, known[1])
 
     def floor_for(self, host: str) -> float | None:
         """The floor to start a transfer for ``host`` from, if one is known and fresh."""

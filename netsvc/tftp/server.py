@@ -676,8 +676,13 @@ class Transfer(EngineSession):
             floor = self.engine.timer.minimum
         else:
             return  # an upload, or nothing ran
-        if self._start_floor is not None and floor > self._start_floor:
-            self.server.learned_floors.learned(plain_host(self.key[0]), floor)
+        if self._start_floor is None or floor == self._start_floor:
+            return
+        host = plain_host(self.key[0])
+        if floor > self._start_floor:
+            self.server.learned_floors.learned(host, floor)
+        else:  # real losses took it down (RetransmitTimer.lower_floor)
+            self.server.learned_floors.lowered(host, floor)
 
     @property
     def succeeded(self) -> bool:
