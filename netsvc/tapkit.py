@@ -196,8 +196,13 @@ def _enabled(spec: ServiceSpec, options: Mapping[str, Any]) -> bool:
     if spec.suite_switch == "flag":
         return bool(options[spec.name])
     values = _values_for(spec, options)
-    switches = (spec.suite_switch,) if isinstance(spec.suite_switch, str) else spec.suite_switch
-    return any(values[name] not in (None, False) for name in switches)
+    return any(values[name] not in (None, False) for name in _switch_names(spec))
+
+
+def _switch_names(spec: ServiceSpec) -> tuple[str, ...]:
+    """The names of the options that switch on a service switched by its own options."""
+    switch = spec.suite_switch
+    return (switch,) if isinstance(switch, str) else tuple(switch)
 
 
 def _set_options(spec: ServiceSpec, options: Mapping[str, Any]) -> list[str]:
@@ -214,9 +219,8 @@ def _what_runs_it(spec: ServiceSpec) -> str:
         return f"--no-{spec.name} switched it off"
     if spec.suite_switch == "flag":
         return f"it runs only with --{spec.name}"
-    switches = (spec.suite_switch,) if isinstance(spec.suite_switch, str) else spec.suite_switch
     options: list[Param | Flag] = [*spec.params, *spec.flags]
-    spelled = [f"--{_suite_name(spec, o)}" for o in options if o.name in switches]
+    spelled = [f"--{_suite_name(spec, o)}" for o in options if o.name in _switch_names(spec)]
     return f"it runs only with {' or '.join(spelled)}"
 
 
