@@ -412,6 +412,8 @@ def test_a_download_runs_in_a_worker_of_the_helper_which_serves_the_next_one_too
         assert finish_download(client, transfer) == FILE
     finally:
         client.close()
+    # Once the server has the report, the helper has the worker's word that it is idle.
+    wait_for(lambda: len(server.events()) == 1)
     download_whole(server.port)
     wait_for(lambda: len(server.events()) == 2)
     events = server.events()

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from netsvc.tftp import workers
-from netsvc.tftp.downloader import BOARD_SIZE
+from netsvc.tftp import downloader, workers
+from netsvc.tftp.downloader import BOARD_SIZE, DownloadReport
+from netsvc.tftp.engine import Outcome, TransferStats
 from netsvc.tftp.handoff import DownloadHelper, can_hand_off
 from tests.test_tftp_handoff import children, running, wait_for
 
@@ -37,6 +38,20 @@ def fake_worker(pool: workers._Pool, idle_since: float) -> socket.socket:
     pool.selector.register(ours, 1, worker)
     pool.idle.append(worker)
     return theirs
+
+
+def assert_job_reaches(pool: workers._Pool, theirs: socket.socket) -> None:
+    """Dispatch a job (one descriptor) and check that the fake worker ``theirs`` got it."""
+    read_end, write_end = os.pipe()
+    try:
+        pool.dispatch(b"job", [write_end])
+        message, fds, _, _ = socket.recv_fds(theirs, 100, 1)
+        assert message == b"job" and len(fds) == 1
+        for fd in fds:
+            os.close(fd)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 
 def test_idle_workers_beyond_the_spare_ones_retire_after_the_expiry(
@@ -89,18 +104,57 @@ def test_a_job_for_a_worker_that_died_while_idle_goes_to_the_next(
     alive = fake_worker(pool, 1.0)
     dead = fake_worker(pool, 2.0)  # the most recently idle: it is asked first
     dead.close()
-    read_end, write_end = os.pipe()
-    try:
-        pool.dispatch(b"job", [write_end])
-        message, fds, _, _ = socket.recv_fds(alive, 100, 1)
-        assert message == b"job" and len(fds) == 1
-        for fd in fds:
-            os.close(fd)
-    finally:
-        os.close(read_end)
-        os.close(write_end)
+    assert_job_reaches(pool, alive)
     assert pool.idle == [] and len(pool.workers) == 1
     alive.close()
+
+
+def test_a_job_goes_to_a_busy_worker_whose_idle_word_waits_rather_than_to_a_fork(
+    pool: workers._Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    theirs = fake_worker(pool, 1.0)
+    worker = pool.idle.pop()  # busy: the helper has not heard it say otherwise
+    theirs.send(workers._IDLE)  # ... though it has said so, in the same instant as the job came
+
+    def no_fork(**_: object) -> workers._Worker:
+        raise AssertionError("a worker was forked while one was idle")
+
+    monkeypatch.setattr(pool, "start_worker", no_fork)
+    assert_job_reaches(pool, theirs)
+    assert pool.idle == [] and list(pool.workers.values()) == [worker]
+    theirs.close()
+
+
+def test_a_worker_says_it_is_idle_before_its_report_reaches_the_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once the server has a report (and has logged the download), the helper can hand
+    the worker the client's next request: the word is waiting there already."""
+    helper_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    report_read, report_write = os.pipe()
+    report = DownloadReport(Outcome.COMPLETE, TransferStats(started=1.0, finished=2.0), pid=1)
+    monkeypatch.setattr(downloader, "run_job", lambda *_: report)
+    word_at_report: list[bytes] = []
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        if fd == report_write:
+            word_at_report.append(helper_end.recv(16, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    try:
+        board = mmap.mmap(-1, BOARD_SIZE)
+        said = workers._run(None, -1, -1, report_write, board=board, helper=worker_end)  # type: ignore[arg-type]
+        assert said and word_at_report == [workers._IDLE]
+        assert DownloadReport.decode(os.read(report_read, 4096)) == report
+        # Without a helper (a rehearsal) nothing is said: the caller says it.
+        assert not workers._run(None, -1, -1, report_write, board=board)  # type: ignore[arg-type]
+    finally:
+        for sock in (helper_end, worker_end):
+            sock.close()
+        os.close(report_read)
+        os.close(report_write)
 
 
 @pytest.mark.skipif(not can_hand_off(), reason="no fork or fd passing on this platform")

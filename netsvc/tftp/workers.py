@@ -103,6 +103,8 @@ class _Pool:
     def dispatch(self, message: bytes, fds: list[int]) -> None:
         """Give a job to an idle worker (a new one if none is). :raises OSError: no
         worker could be started (the report pipe closes empty: the server logs it)."""
+        if not self.idle:
+            self.hear_waiting_words()
         while self.idle:
             worker = self.idle.pop()
             try:
@@ -116,6 +118,14 @@ class _Pool:
         except OSError:
             self.forget(worker)
             raise
+
+    def hear_waiting_words(self) -> None:
+        """Take in what workers have said already. A worker says it is idle before its
+        report goes to the server, so a client's next request can reach the helper
+        together with that word; heard first, it spares a fork."""
+        for key, _ in self.selector.select(0):
+            if key.data is not None:
+                self.heard_from(key.data)
 
     def heard_from(self, worker: _Worker) -> None:
         try:
@@ -200,9 +210,10 @@ def _work(sock: socket.socket, board: mmap.mmap, spare: bool) -> None:
             return
         if not message:
             return  # the helper is gone
+        said_idle = False
         try:
             if len(fds) == JOB_FDS:
-                _run(DownloadJob.decode(message), *fds, board=board)
+                said_idle = _run(DownloadJob.decode(message), *fds, board=board, helper=sock)
         except ValueError as error:
             print(f"netsvc.tftp.workers: ignored a bad job: {error}", file=sys.stderr)
         finally:
@@ -210,16 +221,35 @@ def _work(sock: socket.socket, board: mmap.mmap, spare: bool) -> None:
                 os.close(fd)
         if _stopping:
             return  # SIGTERM ended that download: the server stops
-        sock.send(_IDLE)
+        if not said_idle:
+            sock.send(_IDLE)
 
 
-def _run(job: DownloadJob, peer_fd: int, file_fd: int, report_fd: int, *, board: mmap.mmap) -> None:
+def _run(
+    job: DownloadJob,
+    peer_fd: int,
+    file_fd: int,
+    report_fd: int,
+    *,
+    board: mmap.mmap,
+    helper: socket.socket | None = None,
+) -> bool:
+    """Run a job and report it; whether ``helper`` (if given) was told this worker is
+    idle."""
     signal.signal(signal.SIGTERM, _stop_in_download)
     try:
         report = downloader.run_job(job, peer_fd, file_fd, board)
+        # Idle before the report: a client that asks again as soon as its download ends
+        # (the server logs it when the report comes) then finds this warm worker idle,
+        # not a fork. The job's descriptors are closed before the next job is read.
+        said_idle = False
+        if helper is not None and not _stopping:
+            helper.send(_IDLE)
+            said_idle = True
         # Still under the download's handler, which only notes a SIGTERM from here on:
         # the between-jobs one would raise and lose the report.
         os.write(report_fd, report.encode())
+        return said_idle
     finally:
         signal.signal(signal.SIGTERM, _stop_between_jobs)
 
