@@ -471,6 +471,32 @@ def test_peer_error_ends_the_transfer() -> None:
     assert sender.stats.error_code == 3 and sender.stats.error_message == "disk full"
 
 
+def test_a_peer_whose_port_closed_ends_the_transfer_without_a_word() -> None:
+    sent: list[bytes] = []
+    sender = BlockSender(sent.append, lambda n: b"x" * n, now=0.0)
+    sender.on_datagram(encode_ack(1), 0.1)
+    before = len(sent)
+    sender.peer_unreachable(0.2)
+    assert sender.outcome is Outcome.PEER_GONE and sender.deadline is None
+    assert sender.stats.finished == 0.2 and sender.stats.blocks == 1
+    assert "port is closed" in sender.stats.error_message
+    assert len(sent) == before  # no ERROR to a port that is closed
+    sender.peer_unreachable(0.3)  # once ended, it stays as it ended
+    assert sender.stats.finished == 0.2
+
+
+@pytest.mark.parametrize("dallying", [True, False])
+def test_a_receiver_whose_sender_left_is_complete_only_while_dallying(dallying: bool) -> None:
+    receiver = BlockReceiver(
+        lambda d: None, lambda p: True, now=0.0, preamble=encode_ack(0), dally=2.0
+    )
+    receiver.on_datagram(encode_data(1, bytes(512)), 0.1)
+    if dallying:
+        receiver.on_datagram(encode_data(2, b"end"), 0.2)  # the final block, acknowledged
+    receiver.peer_unreachable(0.3)
+    assert receiver.outcome is (Outcome.COMPLETE if dallying else Outcome.PEER_GONE)
+
+
 def test_sender_gives_up_after_max_retries_with_backoff() -> None:
     sent: list[bytes] = []
     sender = BlockSender(

@@ -521,6 +521,24 @@ def test_a_download_whose_process_dies_is_logged_and_frees_its_slot(
     download_whole(server.port)  # the one session slot is free again
 
 
+def test_a_download_in_a_worker_ends_when_its_client_has_gone(
+    make_server: Callable[..., TFTPServer],
+) -> None:
+    """Its client's port closed: the block resent comes back as ICMP port unreachable,
+    the worker ends the download at once (not after the 30-second idle timeout), and the
+    session slot and the worker are free for the next one."""
+    server, helper = start_with_spares(make_server, 0, "--max-sessions", "1")
+    client, _ = start_download(server.port)  # DATA 1 read, never acknowledged
+    wait_for(lambda: len(children(helper)) == 1)
+    (worker,) = children(helper)
+    client.close()
+    wait_for(server.events, timeout=1.8)  # the first retransmission, after 1 s, ends it
+    assert [(e["outcome"], int(e["bytes"])) for e in server.events()] == [("peer-gone", 0)]
+    download_whole(server.port)
+    wait_for(lambda: len(server.events()) == 2)
+    assert children(helper) == [worker]
+
+
 def test_without_its_helper_the_server_serves_downloads_itself(
     make_server: Callable[..., TFTPServer],
 ) -> None:

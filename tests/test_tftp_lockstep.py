@@ -329,6 +329,38 @@ def test_an_error_from_the_client_ends_it_with_the_blocks_acked_so_far(
     assert result.report.stats.blocks == 14 and result.report.stats.bytes == 14 * 512
 
 
+@pytest.mark.parametrize("pump", [True, False], ids=["c-loop", "python"])
+@pytest.mark.parametrize("leaves", ["after-acking-block-10", "without-acking-the-last"])
+def test_a_client_whose_port_closed_ends_the_download_at_once(
+    serve: Callable[..., Result], pump: bool, leaves: str
+) -> None:
+    """The ICMP port unreachable that answers our next block ends it, as tftpd-hpa's
+    recv error does, instead of retransmissions until the idle timeout (5 s here)."""
+    data = payload(30 * 512 + 100)  # 31 blocks
+    last = 31
+
+    def leave(sock: socket.socket, block: int, copy: int) -> bool:
+        if leaves == "after-acking-block-10" and block == 10:
+            sock.send(struct.pack("!HH", 4, 10))
+            sock.close()  # block 11 comes back as ICMP port unreachable
+            return False
+        if leaves == "without-acking-the-last" and block == last:
+            sock.close()  # curl, when its final ACK is lost: it has the file and exits
+            return False
+        return True
+
+    result = serve(data, misbehave=leave, pump=pump)
+    report = result.report
+    assert report.outcome is Outcome.PEER_GONE
+    assert "port is closed" in report.stats.error_message
+    assert report.stats.finished is not None
+    assert report.stats.finished - report.stats.started < 1.0
+    acked = 10 if leaves == "after-acking-block-10" else last - 1
+    assert report.stats.blocks == acked and report.stats.bytes == acked * 512
+    if pump and leaves == "after-acking-block-10":
+        assert any(reason is lockstep.Reason.REFUSED for reason, _ in result.pumped)
+
+
 def test_a_file_shorter_than_announced_ends_with_what_is_there(
     serve: Callable[..., Result],
 ) -> None:

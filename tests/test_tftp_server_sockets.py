@@ -92,6 +92,31 @@ def test_a_stranger_gets_error_5_while_the_download_goes_on(server: TFTPServer) 
     assert [(e["outcome"], int(e["bytes"])) for e in server.events()] == [("complete", len(DATA))]
 
 
+def test_a_client_that_leaves_before_its_last_ack_ends_the_download_at_once(
+    server: TFTPServer,
+) -> None:
+    """curl exits as soon as it has the last block; when its final ACK is lost, our
+    retransmission comes back as ICMP port unreachable. That ends the transfer (not the
+    30-second idle timeout), logged as peer-gone with the bytes acknowledged."""
+    client = udp_socket()
+    try:
+        client.sendto(b"\x00\x01f\x00octet\x00", (HOST, server.port))
+        for block in range(1, BLOCKS + 1):
+            reply, transfer = client.recvfrom(1024)
+            assert reply[:4] == struct.pack("!HH", 3, block)
+            if block < BLOCKS:
+                client.sendto(ack(block), transfer)
+    finally:
+        client.close()  # the last block is never acknowledged
+    started = time.monotonic()
+    while not server.events() and time.monotonic() - started < 10:
+        time.sleep(0.02)
+    assert time.monotonic() - started < 3
+    assert [(e["outcome"], int(e["bytes"])) for e in server.events()] == [
+        ("peer-gone", 2 * 512)
+    ]
+
+
 @pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
 async def test_finished_transfers_leave_no_socket_in_the_reactors_socket_set(
     tmp_path: Path,

@@ -33,7 +33,15 @@
 
 /* Why pump() returned (netsvc.tftp.lockstep.Reason has the same values); run() also
  * returns INTERRUPTED: a signal arrived, for Python's handlers to run. */
-enum { REASON_DATAGRAM = 0, REASON_WAKE = 1, REASON_READ = 2, INTERRUPTED = -1 };
+enum {
+    REASON_DATAGRAM = 0,
+    REASON_WAKE = 1,
+    REASON_READ = 2,
+    REASON_REFUSED = 3,
+    INTERRUPTED = -1
+};
+/* What spin_recv and sleep_recv return besides a length. */
+enum { NOTHING = -1, SIGNALLED = -2, REFUSED = -3 };
 
 #define RECV_LIMIT 1024         /* as drive_download: an ACK is 4 bytes, ERRORs are short */
 #define LONGEST_WAIT_MS 60000   /* drive_download's _LONGEST_WAIT_MS */
@@ -178,7 +186,8 @@ static void spin_result(Pump *p, int caught)
     }
 }
 
-/* Poll without sleeping for up to `budget` seconds: the datagram's length, or -1. */
+/* Poll without sleeping for up to `budget` seconds: the datagram's length, NOTHING, or
+ * REFUSED (the client's port is closed: an ICMP error came back). */
 static ssize_t spin_recv(Pump *p, char *buffer, double budget)
 {
     double end = monotonic_now() + budget;
@@ -188,15 +197,18 @@ static ssize_t spin_recv(Pump *p, char *buffer, double budget)
             spin_result(p, 1);
             return n;
         }
+        if (errno == ECONNREFUSED)
+            return REFUSED;
         if (monotonic_now() >= end) {
             spin_result(p, 0);
-            return -1;
+            return NOTHING;
         }
     }
 }
 
 /* Sleep in recv until `wake` (the socket's receive timeout, set only when it changes).
- * The datagram's length; -1: woke without one; -2: a signal interrupted it. */
+ * The datagram's length; NOTHING: woke without one; SIGNALLED: a signal interrupted it;
+ * REFUSED: the client's port is closed. */
 static ssize_t sleep_recv(Pump *p, char *buffer, double wait)
 {
     long ms = (long)ceil(wait * 1000);
@@ -210,9 +222,11 @@ static ssize_t sleep_recv(Pump *p, char *buffer, double wait)
             p->waiting_ms = ms;
     }
     ssize_t n = recv(p->sock, buffer, RECV_LIMIT, 0);
-    if (n < 0 && errno == EINTR)
-        return -2;
-    return n < 0 ? -1 : n; /* EAGAIN (timed out) or an ICMP error: the timers decide */
+    if (n >= 0)
+        return n;
+    if (errno == EINTR)
+        return SIGNALLED;
+    return errno == ECONNREFUSED ? REFUSED : NOTHING; /* EAGAIN: timed out */
 }
 
 /* Read the next full block into `datagram` (after its 4-byte header). 0: not possible
@@ -272,7 +286,7 @@ static int run(Pump *p, const unsigned char *board, unsigned char **flight,
         double wake = deadline < p->stop_at ? deadline : p->stop_at;
         if (now >= wake)
             return REASON_WAKE;
-        ssize_t n = -1;
+        ssize_t n = NOTHING;
         /* Poll first only while the server runs no other transfer (drive_download). */
         if (p->spin_limit > 0 && (board == NULL || board[0] <= 1)) {
             double budget = spin_budget(p, now);
@@ -281,13 +295,14 @@ static int run(Pump *p, const unsigned char *board, unsigned char **flight,
             if (budget > 0)
                 n = spin_recv(p, received, budget);
         }
-        if (n < 0) {
+        if (n == NOTHING)
             n = sleep_recv(p, received, wake - now);
-            if (n == -2)
-                return INTERRUPTED;
-            if (n < 0)
-                continue;
-        }
+        if (n == SIGNALLED)
+            return INTERRUPTED;
+        if (n == REFUSED)
+            return REASON_REFUSED;
+        if (n < 0)
+            continue;
         if (p->follow_client_cpu) { /* ClientCpu.after_receive, alone as for polling */
             if (p->follow_countdown > 0)
                 p->follow_countdown--;
@@ -308,8 +323,11 @@ static int run(Pump *p, const unsigned char *board, unsigned char **flight,
         *staged = sent;
         p->block++;
         p->sent_at = now;
-        /* ENOBUFS, ECONNREFUSED...: a lost packet; the timers recover (as drive_download). */
-        (void)send(p->sock, *flight, (size_t)p->blksize + 4, 0);
+        /* ENOBUFS...: a lost packet; the timers recover (as drive_download). */
+        if (send(p->sock, *flight, (size_t)p->blksize + 4, 0) < 0 && errno == ECONNREFUSED) {
+            *have_staged = 0; /* `staged` still holds the block before */
+            return REASON_REFUSED;
+        }
         if (!read_block(p, *staged, p->block + 1)) {
             *have_staged = 0;
             return REASON_READ;

@@ -241,8 +241,9 @@ def _none_if_nan(value: float) -> float | None:
 
 
 #: Runs the lock-step steady state in place of :func:`drive_download`'s loop (see
-#: :mod:`netsvc.tftp.lockstep`): the datagram the engine must still see, or ``None``.
-SteadyState = Callable[[BlockSender, LockstepPoint, float], bytes | None]
+#: :mod:`netsvc.tftp.lockstep`): why it stopped, and the datagram the engine must still
+#: see (or ``None``).
+SteadyState = Callable[[BlockSender, LockstepPoint, float], tuple[lockstep.Reason, bytes | None]]
 
 
 class _Stopped(BaseException):
@@ -301,20 +302,28 @@ def drive_download(
 
     peer_socket.setblocking(True)
     socket_send = peer_socket.send
+    # The client's port is closed (ICMP port unreachable, as ECONNREFUSED): it has gone.
+    # Noted here, told to the engine by the loop (never from inside the engine's send).
+    refused: list[bool] = []
 
     def send(datagram: bytes) -> None:
-        try:  # noqa: SIM105 (no context manager object per block)
+        try:
             socket_send(datagram)
+        except ConnectionRefusedError:
+            refused.append(True)
         except OSError:
-            pass  # ENOBUFS, ECONNREFUSED...: a lost packet; the timers recover
+            pass  # ENOBUFS...: a lost packet; the timers recover
 
     recv = peer_socket.recv
 
     def poll() -> bytes | None:
         try:
             return recv(1024, socket.MSG_DONTWAIT)
+        except ConnectionRefusedError:
+            refused.append(True)
         except OSError:
-            return None  # nothing yet (EAGAIN), or an ICMP error about a send
+            pass  # nothing yet (EAGAIN)
+        return None
 
     # A window in one system call (sendmmsg) rather than one per block.
     send_many: Callable[[list[bytes]], object] | None = None
@@ -331,6 +340,9 @@ def drive_download(
             raise _Stopped  # it came while the download was being set up
         while engine.outcome is None:
             now = clock()
+            if refused:
+                engine.peer_unreachable(now)
+                break
             if read_failure:
                 engine.abort(*read_failure[0], now)
                 break
@@ -345,14 +357,18 @@ def drive_download(
             if steady is not None:
                 point = engine.lockstep_point()
                 if point is not None:
-                    datagram = steady(engine, point, stop_at)
+                    reason, datagram = steady(engine, point, stop_at)
                     waiting_ms = 0  # the socket's timeout is whatever the pump left
-                    if datagram is not None:
+                    if reason is lockstep.Reason.REFUSED:
+                        refused.append(True)
+                    elif datagram is not None:
                         engine.on_datagram(datagram, clock())
                     continue
             datagram = None
             if spinner is not None and alone():
                 datagram = spinner.spin(poll, wake - now)
+                if refused:
+                    continue  # seen while polling: no sleep before the engine hears it
             if datagram is None:
                 # Sleep until the deadline, in whole milliseconds (the kernel's unit):
                 # waking earlier and again costs more under load than one setsockopt
@@ -368,8 +384,11 @@ def drive_download(
                     )
                 try:
                     datagram = recv(1024)
+                except ConnectionRefusedError:
+                    refused.append(True)
+                    continue
                 except OSError:
-                    continue  # the wait ended (EAGAIN), or an ICMP error: the timers decide
+                    continue  # the wait ended (EAGAIN): the timers decide
             if client_cpu is not None and client_cpu.wanted:
                 client_cpu.after_receive(peer_socket, alone())
             engine.on_datagram(datagram, clock())
@@ -390,7 +409,9 @@ def run_job(job: DownloadJob, peer_fd: int, file_fd: int, board: mmap.mmap) -> D
     steady = None
     if lockstep.available and not job.netascii:
 
-        def steady(engine: BlockSender, point: LockstepPoint, stop_at: float) -> bytes | None:
+        def steady(
+            engine: BlockSender, point: LockstepPoint, stop_at: float
+        ) -> tuple[lockstep.Reason, bytes | None]:
             return lockstep.pump(
                 engine,
                 point,
@@ -401,7 +422,7 @@ def run_job(job: DownloadJob, peer_fd: int, file_fd: int, board: mmap.mmap) -> D
                 board=board,
                 stop_at=stop_at,
                 client_cpu=client_cpu,
-            )[1]
+            )
 
     with socket.socket(fileno=os.dup(peer_fd)) as peer_socket:
         engine = drive_download(

@@ -103,6 +103,7 @@ class Outcome(enum.Enum):
     PEER_ERROR = "peer-error"  # the peer sent ERROR
     LOCAL_ERROR = "local-error"  # we aborted (bad packet, write failure, shutdown)
     TIMED_OUT = "timed-out"  # no progress within the retry/deadline budget
+    PEER_GONE = "peer-gone"  # the peer's port closed (ICMP port unreachable) before the end
 
 
 @attrs.define
@@ -283,6 +284,16 @@ class _Engine:
             self.stats.error_code = code
             self.stats.error_message = message
             self._finish(Outcome.LOCAL_ERROR, now)
+
+    def peer_unreachable(self, now: float) -> None:
+        """The peer's port is closed: something we sent it came back as ICMP port
+        unreachable (``ECONNREFUSED`` on a socket connected to it). The peer has gone, so
+        the transfer ends now, with no ERROR (nobody would read it), instead of
+        retransmitting until :attr:`give_up_after`. An ICMP error must name both ports of
+        the transfer, as an ERROR from the peer must, and one of those ends it too."""
+        if self.outcome is None:
+            self.stats.error_message = "the peer's port is closed (ICMP port unreachable)"
+            self._finish(Outcome.PEER_GONE, now)
 
     def _peer_error(self, datagram: bytes, now: float) -> None:
         code = _unpack_header(datagram)[1] if len(datagram) >= 4 else 0
@@ -881,6 +892,13 @@ class BlockReceiver(_Engine):
         if previous == 0 and self._wraps_to_one:
             return 0xFFFF
         return previous
+
+    def peer_unreachable(self, now: float) -> None:
+        if self._final and not self._writing:
+            # Dallying: the sender had our final ACK and left, as it may.
+            self._finish(Outcome.COMPLETE, now)
+        else:
+            super().peer_unreachable(now)
 
     def on_timeout(self, now: float) -> None:
         """The deadline passed: repeat our last ACK (or request), finish dallying, or give up."""

@@ -17,6 +17,9 @@ engine, which stays the only judge of what a datagram means:
   timeout (or the caller's limit) handles it.
 * :attr:`Reason.READ`: the next block is not a full one (the end is near, the file
   shrank, a read failed): the engine reads it itself and decides.
+* :attr:`Reason.REFUSED`: the client's port is closed (an ICMP port unreachable came back
+  as ``ECONNREFUSED``): the caller tells the engine
+  (:meth:`~netsvc.tftp.engine.BlockSender.peer_unreachable`).
 
 The engine is then updated as if it had handled each of those ACKs itself
 (:meth:`~netsvc.tftp.engine.BlockSender.lockstep_moved`). A signal handler that raises
@@ -60,6 +63,7 @@ class Reason(enum.IntEnum):
     DATAGRAM = 0
     WAKE = 1
     READ = 2
+    REFUSED = 3
 
 
 @attrs.define

@@ -64,6 +64,7 @@ class EngineSession(DatagramProtocol):
         # A socket connected to the peer (see use_peer_socket), and its read size.
         self._peer_socket: socket.socket | None = None
         self._peer_read_size = 1024
+        self._peer_refused = False  # the peer's port is closed (see send_to_peer)
         self._buffer = b""  # read-ahead from the reader; the next block starts at _offset
         self._offset = 0
         self._source_done = False
@@ -79,12 +80,15 @@ class EngineSession(DatagramProtocol):
             if send is None:
                 return
         # EAGAIN, ENOBUFS, EPERM...: a failed send is a lost packet; the timers recover.
-        # (try/except rather than suppress(): no context manager object per block)
         try:
             if self._peer_socket is None:
                 send(datagram, self.peer)
             else:
                 send(datagram)
+        except ConnectionRefusedError:
+            # The peer's port is closed (socket connected to it): told to the engine
+            # after the call that sent this one (after_event), not from inside it.
+            self._peer_refused = True
         except OSError:
             pass
 
@@ -127,10 +131,13 @@ class EngineSession(DatagramProtocol):
             return
         try:
             datagram = peer_socket.recv(self._peer_read_size)
-        except OSError:
-            # Nothing after all, or an ICMP error about an earlier send: the engine's
-            # timers treat that as the loss it is.
+        except ConnectionRefusedError:
+            # An ICMP port unreachable about an earlier send: the peer has gone.
+            self._peer_refused = True
+            self.after_event()
             return
+        except OSError:
+            return  # nothing after all
         engine = self.engine
         if engine is None or self.finished:
             return  # still opening the file: the peer will retransmit
@@ -313,6 +320,8 @@ class EngineSession(DatagramProtocol):
         engine = self.engine
         if engine is None or self.finished:
             return
+        if self._peer_refused and engine.outcome is None:
+            engine.peer_unreachable(self.reactor.seconds())
         if engine.outcome is not None:
             self.end()
             return
