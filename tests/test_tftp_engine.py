@@ -299,6 +299,18 @@ def test_a_real_loss_halves_a_learned_floor() -> None:
     assert sender.outcome is None
 
 
+def test_a_real_loss_is_a_loss_seen_and_a_late_ack_is_not() -> None:
+    sender, _ = _lockstep_from_a_learned_floor()
+    sender.on_timeout(0.161)
+    sender.on_ack(2, 0.170)  # 9 ms after the copy: the first copy's ACK, late
+    assert not sender.losses_seen
+    now = sender.deadline
+    assert now is not None
+    sender.on_timeout(now)
+    sender.on_ack(3, now + 0.0002)  # the copy's ACK, a round trip after it went out
+    assert sender.losses_seen
+
+
 def test_an_ack_long_after_the_copy_leaves_the_floor() -> None:
     sender, timer = _lockstep_from_a_learned_floor()
     sender.on_timeout(0.161)
@@ -374,7 +386,9 @@ def test_windowed_sender_rewinds_once_per_ack_value() -> None:
 
     sender = BlockSender(sent.append, read, now=0.0, windowsize=4)
     assert len(sent) == 4  # blocks 1-4
+    assert not sender.losses_seen
     sender.on_ack(2, 0.01)  # gap after 2: go back to 3, and the window slides to 3-6
+    assert sender.losses_seen
     assert [struct.unpack("!HH", d[:4])[1] for d in sent[4:]] == [3, 4, 5, 6]
     sender.on_ack(2, 0.02)  # the same ACK duplicated: nothing more
     sender.on_ack(2, 0.03)

@@ -87,6 +87,35 @@ def c_sample(
     return lockstep._lockstep.timer_sample(srtt, rttvar, rtt, minimum, maximum)
 
 
+def test_after_a_loss_the_c_loop_wakes_for_its_deadline_on_time() -> None:
+    """Once a path has lost blocks, the C loop waits for the next timeout in ppoll: a 5 ms
+    timer wakes it within 4 ms of its deadline (recv's SO_RCVTIMEO wakes one or two
+    scheduler ticks late: 12 ms here, at 250 Hz). Never before the deadline either way."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a client that never answers
+    try:
+        server.bind((HOST, 0))
+        silent.bind((HOST, 0))
+        server.connect(silent.getsockname())
+        waits: dict[bool, list[float]] = {True: [], False: []}
+        for precise in (True, False) * 5:
+            state = lockstep.PumpState(
+                sock=server.fileno(), file=-1, size=1 << 20, blksize=8, block=1,
+                in_flight=bytes(12), sent_at=time.monotonic(), staged=bytes(12), position=16,
+                srtt=None, rttvar=0.0, rto=0.005, rto_min=0.005, rto_max=1.0,
+                stop_at=time.monotonic() + 10, precise_wait=precise,
+            )
+            assert lockstep._lockstep is not None
+            reason, _ = lockstep._lockstep.pump(state, None)
+            assert reason == lockstep.Reason.WAKE
+            waits[precise].append(time.monotonic() - state.sent_at)
+    finally:
+        server.close()
+        silent.close()
+    assert min(waits[True] + waits[False]) >= 0.005
+    assert min(waits[True]) < 0.009  # the best of five: a busy CPU only delays a wake
+
+
 # -- whole downloads through run_job, with and without the C loop ------------------------------
 
 

@@ -22,6 +22,7 @@ import functools
 import math
 import mmap
 import os
+import select
 import socket
 import struct
 import time
@@ -333,6 +334,7 @@ def drive_download(
     stop_at = math.inf if job.max_duration is None else clock() + job.max_duration
     setsockopt = peer_socket.setsockopt
     waiting_ms = 0
+    precise: select.poll | None = None
     global _interruptible, _stop_requested
     try:
         _interruptible = True
@@ -369,7 +371,18 @@ def drive_download(
                 datagram = spinner.spin(poll, wake - now)
                 if refused:
                     continue  # seen while polling: no sleep before the engine hears it
-            if datagram is None:
+            if datagram is None and engine.losses_seen:
+                # Blocks get lost on this path: wait in poll, which wakes on time (see
+                # lockstep.PumpState.precise_wait).
+                if precise is None:
+                    precise = select.poll()
+                    precise.register(peer_socket, select.POLLIN)
+                if not precise.poll(min(math.ceil((wake - now) * 1000), _LONGEST_WAIT_MS)):
+                    continue
+                datagram = poll()
+                if datagram is None:
+                    continue  # an ICMP error (see refused), or nothing after all
+            elif datagram is None:
                 # Sleep until the deadline, in whole milliseconds (the kernel's unit):
                 # waking earlier and again costs more under load than one setsockopt
                 # when the timer has moved.

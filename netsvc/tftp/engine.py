@@ -370,6 +370,10 @@ class BlockSender(_Engine):
         self._next = self._base  # next block to transmit (index into the window + base)
         self._last_block: int | None = None  # absolute number of the final (short) block
         self._rewound_at = -1  # ACK value that last caused a rewind (once per value)
+        #: Whether this path has been seen to lose blocks or ACKs (a timeout that was a real
+        #: loss, or a gap the peer reported): callers then wait for the next timeout with
+        #: a precise timer (netsvc.tftp.lockstep.PumpState.precise_wait).
+        self.losses_seen = False
         self._reading_stalled = False  # read() said "not yet": wait for resume()
         self._lockstep = windowsize == 1
         # When each window block was first sent; -1.0 once it has been sent again, since
@@ -536,6 +540,7 @@ class BlockSender(_Engine):
         srtt = self.timer.srtt
         round_trip = _PROMPT_ANSWER if srtt is None else max(2 * srtt, _PROMPT_ANSWER)
         if now - self._suspect_resent_at <= round_trip:
+            self.losses_seen = True
             self.timer.lower_floor()
 
     def _check_spurious(self, now: float) -> None:
@@ -643,6 +648,7 @@ class BlockSender(_Engine):
 
     def _rewind(self, acked: int, base: int) -> None:
         self._rewound_at = acked
+        self.losses_seen = True
         self.stats.retransmits += self._next - base
         self._next = base
 

@@ -86,6 +86,10 @@ class PumpState:
     rto_max: float
     stop_at: float
     waiting_ms: int = 0  # the socket's SO_RCVTIMEO in ms as last set (0: unknown)
+    # Wait in ppoll, which wakes on time, rather than in recv with SO_RCVTIMEO, which
+    # costs less per block but wakes up to two scheduler ticks late: once the path has
+    # been seen to lose blocks (BlockSender.losses_seen).
+    precise_wait: bool = False
     spin_limit: float = 0.0  # seconds a wait may poll (0: never)
     spin_misses_allowed: int = 4
     spin_longest_pause: int = 1024
@@ -144,6 +148,7 @@ def pump(
         rto_min=timer.minimum,
         rto_max=timer.maximum,
         stop_at=stop_at,
+        precise_wait=engine.losses_seen,
     )
     if client_cpu is not None:
         state.follow_client_cpu = client_cpu.wanted
