@@ -370,8 +370,12 @@ def test_a_client_whose_port_closed_ends_the_download_at_once(
 
     def leave(sock: socket.socket, block: int, copy: int) -> bool:
         if leaves == "after-acking-block-10" and block == 10:
-            sock.send(struct.pack("!HH", 4, 10))
-            sock.close()  # block 11 comes back as ICMP port unreachable
+            server = sock.getpeername()
+            # Deaf to the server from now on (connected elsewhere), before it can send
+            # block 11: that comes back as ICMP port unreachable, whenever it is sent.
+            sock.connect((HOST, 9))
+            sock.sendto(struct.pack("!HH", 4, 10), server)
+            sock.settimeout(0.2)  # nothing more is coming
             return False
         if leaves == "without-acking-the-last" and block == last:
             sock.close()  # curl, when its final ACK is lost: it has the file and exits
