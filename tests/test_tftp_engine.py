@@ -322,8 +322,10 @@ def test_a_late_block_answered_twice_raises_the_floor_again() -> None:
     sender, timer = _lockstep_from_a_learned_floor()
     sender.on_timeout(0.161)
     sender.on_ack(2, 0.1612)  # looks like the copy's answer: halved...
+    assert sender.losses_seen
     sender.on_ack(2, 0.1613)  # ...but the peer answers the copy too: the first was late
     assert timer.minimum == pytest.approx(2 * 0.1602)
+    assert not sender.losses_seen  # and nothing was lost
 
 
 def test_a_block_sent_three_times_tells_nothing() -> None:

@@ -370,10 +370,9 @@ class BlockSender(_Engine):
         self._next = self._base  # next block to transmit (index into the window + base)
         self._last_block: int | None = None  # absolute number of the final (short) block
         self._rewound_at = -1  # ACK value that last caused a rewind (once per value)
-        #: Whether this path has been seen to lose blocks or ACKs (a timeout that was a real
-        #: loss, or a gap the peer reported): callers then wait for the next timeout with
-        #: a precise timer (netsvc.tftp.lockstep.PumpState.precise_wait).
-        self.losses_seen = False
+        # Losses this path has been seen to have (timeouts judged real losses and not
+        # found spurious later, gaps the peer reported): see losses_seen.
+        self._losses = 0
         self._reading_stalled = False  # read() said "not yet": wait for resume()
         self._lockstep = windowsize == 1
         # When each window block was first sent; -1.0 once it has been sent again, since
@@ -385,6 +384,7 @@ class BlockSender(_Engine):
         self._suspect_sent_at = 0.0
         self._suspect_resent_at = 0.0
         self._suspect_acked_at: float | None = None
+        self._suspect_lost = False  # _check_lost counted it as a loss
         if preamble is not None:
             self._window.append(preamble)  # alone: data waits for its ACK 0
         else:
@@ -540,7 +540,8 @@ class BlockSender(_Engine):
         srtt = self.timer.srtt
         round_trip = _PROMPT_ANSWER if srtt is None else max(2 * srtt, _PROMPT_ANSWER)
         if now - self._suspect_resent_at <= round_trip:
-            self.losses_seen = True
+            self._losses += 1
+            self._suspect_lost = True
             self.timer.lower_floor()
 
     def _check_spurious(self, now: float) -> None:
@@ -557,6 +558,8 @@ class BlockSender(_Engine):
             delay = acked_at - self._suspect_sent_at
             if now - acked_at <= min(delay, _REPEAT_WITHIN):
                 self.timer.raise_floor(delay)
+                if self._suspect_lost:  # it was not a loss after all
+                    self._losses -= 1
         self._suspect_block = -1
         self._suspect_acked_at = None
 
@@ -586,6 +589,14 @@ class BlockSender(_Engine):
             following = self._read_block(block + 1)
             if following is not None:
                 self._staged.append(following)
+
+    @property
+    def losses_seen(self) -> bool:
+        """Whether this path has been seen to lose blocks or ACKs: a timeout that was a
+        real loss (and not found spurious after all), or a gap the peer reported. Callers
+        then wait for the next timeout with a precise timer
+        (netsvc.tftp.lockstep.PumpState.precise_wait)."""
+        return self._losses > 0
 
     def lockstep_point(self) -> LockstepPoint | None:
         """Where a lock-step transfer stands, when it is in the steady state that a caller
@@ -648,7 +659,7 @@ class BlockSender(_Engine):
 
     def _rewind(self, acked: int, base: int) -> None:
         self._rewound_at = acked
-        self.losses_seen = True
+        self._losses += 1
         self.stats.retransmits += self._next - base
         self._next = base
 
@@ -686,6 +697,7 @@ class BlockSender(_Engine):
                 self._suspect_sent_at = self._sent_at[0]
                 self._suspect_resent_at = now
                 self._suspect_acked_at = None
+                self._suspect_lost = False
             else:
                 self._suspect_block = -1  # sent three times or more: no telling
             self._send_next_block_too()
