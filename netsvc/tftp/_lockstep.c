@@ -207,8 +207,9 @@ static ssize_t spin_recv(Pump *p, char *buffer, double budget)
     }
 }
 
-/* sleep_recv for a download that has had a timeout (a lossy path): ppoll, whose timer
- * has a high resolution. The datagram's length, NOTHING, SIGNALLED or REFUSED. */
+/* sleep_recv for a download whose path has been seen to lose blocks (`precise_wait`):
+ * ppoll, whose timer has a high resolution. The datagram's length, NOTHING, SIGNALLED or
+ * REFUSED. */
 static ssize_t precise_recv(Pump *p, char *buffer, double wait)
 {
     struct pollfd watched = {.fd = p->sock, .events = POLLIN};
