@@ -460,6 +460,45 @@ def test_receiver_dallies_and_reacks_a_retransmitted_final_block() -> None:
     assert receiver.outcome is Outcome.COMPLETE
 
 
+def _receiver_after_block_1(repeat_ack: bool) -> tuple[BlockReceiver, list[bytes]]:
+    sent: list[bytes] = []
+    receiver = BlockReceiver(
+        sent.append, lambda p: True, now=0.0, preamble=encode_ack(0), repeat_ack=repeat_ack
+    )
+    receiver.on_datagram(encode_data(1, bytes(512)), 0.001)
+    assert sent == [encode_ack(0), encode_ack(1)]
+    return receiver, sent
+
+
+def test_a_receiver_repeats_its_ack_for_a_missing_block_and_ignores_the_echo() -> None:
+    receiver, sent = _receiver_after_block_1(repeat_ack=True)
+    assert receiver.deadline is not None
+    receiver.on_timeout(receiver.deadline)  # block 2 (or our ACK 1) lost: ask again
+    assert sent[2:] == [encode_ack(1)]
+    receiver.on_datagram(encode_data(2, bytes(512)), 0.5)
+    receiver.on_datagram(encode_data(2, bytes(512)), 0.5001)  # the sender answered both
+    assert sent[3:] == [encode_ack(2)]  # the echo of our repeat: not acknowledged again
+    receiver.on_datagram(encode_data(3, bytes(512)), 0.6)
+    receiver.on_datagram(encode_data(3, bytes(512)), 0.7)  # a real duplicate: ACK lost
+    assert sent[4:] == [encode_ack(3), encode_ack(3)]
+    assert receiver.stats.blocks == 3 and receiver.outcome is None
+
+
+def test_a_receiver_repeats_its_ack_a_few_times_then_leaves_it_to_the_sender() -> None:
+    receiver, sent = _receiver_after_block_1(repeat_ack=True)
+    for _ in range(8):
+        assert receiver.deadline is not None
+        receiver.on_timeout(receiver.deadline)
+    assert sent[2:] == [encode_ack(1)] * 4
+
+
+def test_without_repeat_ack_a_lockstep_receiver_waits_for_the_sender() -> None:
+    receiver, sent = _receiver_after_block_1(repeat_ack=False)
+    assert receiver.deadline is not None
+    receiver.on_timeout(receiver.deadline)
+    assert sent == [encode_ack(0), encode_ack(1)]
+
+
 def test_oversized_block_is_an_illegal_operation() -> None:
     sent: list[bytes] = []
     receiver = BlockReceiver(sent.append, lambda p: True, now=0.0, preamble=encode_ack(0))

@@ -117,6 +117,27 @@ def test_a_client_that_leaves_before_its_last_ack_ends_the_download_at_once(
     ]
 
 
+def test_an_upload_repeats_its_ack_when_the_next_block_does_not_come(tmp_path: Path) -> None:
+    """curl's own timer would take 5 s per lost block: the server asks again on its own
+    adaptive timer (BlockReceiver's repeat_ack), a few times."""
+    root = tmp_path / "root"
+    root.mkdir()
+    running = TFTPServer(root, tmp_path / "twistd.log", "--writable").start()
+    client = udp_socket()
+    try:
+        client.sendto(b"\x00\x02up\x00octet\x00", (HOST, running.port))
+        reply, transfer = client.recvfrom(1024)
+        assert reply == ack(0)
+        client.sendto(struct.pack("!HH", 3, 1) + bytes(512), transfer)
+        assert client.recvfrom(1024) == (ack(1), transfer)
+        started = time.monotonic()
+        assert client.recvfrom(1024) == (ack(1), transfer)  # block 2 "lost": asked again
+        assert time.monotonic() - started < 1.0
+    finally:
+        client.close()
+        running.stop()
+
+
 @pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
 async def test_finished_transfers_leave_no_socket_in_the_reactors_socket_set(
     tmp_path: Path,

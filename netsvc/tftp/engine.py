@@ -71,6 +71,11 @@ _REPEAT_WITHIN = 0.02
 #: An ACK this soon after a retransmission (or within two smoothed round trips, if
 #: longer) answers the retransmission, not the first copy (see ``_check_lost``).
 _PROMPT_ANSWER = 0.001
+#: A receiver with ``repeat_ack`` repeats its ACK for one missing block at most this
+#: often (on its backed-off timer: 4 repeats span about 15 x its timeout), then leaves it
+#: to the sender's timer. A sender that ignores old ACKs and restarts its wait at each
+#: one (busybox waits 100 ms for silence) would otherwise retransmit later, not sooner.
+_ACK_REPEATS = 4
 
 # A sender builds the blocks after its window while it waits for the ACK, so that the
 # ACK is answered with one send; at most this many bytes (and one window) are built ahead.
@@ -742,6 +747,13 @@ class BlockReceiver(_Engine):
     datagram that asks for the first block, sent at once and repeated on timeout: ACK 0 or
     an OACK (server, WRQ), ACK 0 (client, after an OACK), or ``None`` when block 1 has
     already arrived and is about to be fed in (client, RRQ without options).
+
+    ``repeat_ack``: in lock-step, also repeat the last ACK when no block comes within the
+    timer, so a sender with a slow timer recovers after one of ours (the server's
+    uploads: curl waits seconds). A sender that resends its block when an old ACK comes
+    (curl does) then sends that block twice if it was only late; the duplicate that our
+    repeat caused is not acknowledged again, or each ACK would draw another duplicate
+    (the Sorcerer's Apprentice, on the sender's side) for the rest of the transfer.
     """
 
     def __init__(
@@ -759,6 +771,7 @@ class BlockReceiver(_Engine):
         first_contact_retries: int = 5,
         dally: float | None = None,
         max_bytes: int | None = None,
+        repeat_ack: bool = False,
     ) -> None:
         super().__init__(
             send,
@@ -773,6 +786,10 @@ class BlockReceiver(_Engine):
         self.write = write
         self.max_bytes = max_bytes
         self._dally = dally
+        self._repeat_ack = repeat_ack and windowsize == 1
+        self._repeats = 0  # ACK repeats since the last block that arrived in order
+        # The block a repeated ACK asks for again: its duplicate is our repeat's echo.
+        self._echo_wire = -1
         self._expected = 1  # wire number of the next in-order block
         self._wraps_to_one = False
         self._last_ack = preamble or b""  # what we repeat on timeout and for duplicates
@@ -850,6 +867,9 @@ class BlockReceiver(_Engine):
         self._final = size < self.blksize
         self.stats.blocks += 1
         self.stats.bytes += size
+        if wire != self._echo_wire:
+            self._echo_wire = -1  # a block the repeat did not ask for: no echo expected
+        self._repeats = 0
         self._expected = self._next_wire(wire)
         self._since_ack += 1
         self._pending_wire = wire
@@ -887,6 +907,9 @@ class BlockReceiver(_Engine):
 
     def _out_of_order(self, wire: int, now: float) -> None:
         last = self._last_in_order_wire()
+        if wire == self._echo_wire:
+            self._echo_wire = -1  # sent again because we repeated an ACK: not a lost ACK
+            return
         if wire == last or wire == self._last_acked_wire:
             # A duplicate of what we acknowledged last: our ACK was lost, repeat it.
             if self._since_ack == 0:
@@ -944,6 +967,14 @@ class BlockReceiver(_Engine):
             # Part of a window arrived, then nothing: say where we are (go-back-N).
             self._acknowledge(last, now)
             self._ack_retransmitted = True
+            self.stats.retransmits += 1
+        elif self._repeat_ack and self._repeats < _ACK_REPEATS:
+            # Lock-step, our ACK or the next block lost: ask for it now, not after the
+            # sender's timer (see repeat_ack).
+            self.send(self._last_ack)
+            self._ack_retransmitted = True
+            self._echo_wire = self._expected
+            self._repeats += 1
             self.stats.retransmits += 1
         # Otherwise the sender's timer drives recovery: repeating an ACK it already has
         # would only be timed by it as a (much too long) round trip.

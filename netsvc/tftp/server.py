@@ -619,6 +619,7 @@ class Transfer(EngineSession):
             give_up_after=limits.idle_timeout,
             first_contact_retries=limits.first_contact_retries,
             dally=limits.dally,
+            repeat_ack=True,  # curl's own timer would take seconds per lost block
         )
         self.fit_packet_size()
         self.after_event()
