@@ -21,6 +21,8 @@ Every loop is bounded; the namespaces are always removed. Last line: ``SUMMARY t
 as a real server serves a host again and again: what one download leaves behind (netsvc's
 retransmission floors shared per host, ``netsvc.tftp.floors``) reaches the next.
 ``--busy N`` runs N busy loops for the whole run, a loaded machine (as a busy CI runner).
+``--upload``: the clients send the file instead (curl ``-T``, busybox ``-p``; the server
+allows uploads), compared with what the server stored.
 The eleventh session's busybox hang showed with both:
 
     sudo .venv/bin/python bench/tftp_lossy.py --servers netsvc --clients busybox \
@@ -47,9 +49,10 @@ from tests.netns import NetnsPair, namespaces_available, stop
 
 HPA = "/opt/tftpd-hpa/usr/sbin/in.tftpd"
 PORT = 69
+UPLOAD_NAME = "upload"  # what --upload sends (removed before each run)
 
 
-def server_command(name: str, root: Path, address: str) -> list[str]:
+def server_command(name: str, root: Path, address: str, upload: bool = False) -> list[str]:
     if name == "netsvc":
         twistd = str(Path(sys.executable).parent / "twistd")
         return [
@@ -63,10 +66,22 @@ def server_command(name: str, root: Path, address: str) -> list[str]:
             str(PORT),
             "--interface",
             address,
+            *(["--writable"] if upload else []),
         ]
     if name == "hpa":
-        return [HPA, "-L", "-T", "100000", "-a", f"{address}:{PORT}", "-s", str(root), "-u", "root"]
+        return [HPA, "-L", "-T", "100000", *(["-c"] if upload else []), "-a", f"{address}:{PORT}",
+                "-s", str(root), "-u", "root"]
     raise ValueError(name)
+
+
+def upload_command(name: str, address: str, local: Path, cap: float) -> list[str]:
+    """The client sending ``local`` to the server as :data:`UPLOAD_NAME`."""
+    if name == "curl":
+        return ["curl", "-s", "-S", "-m", str(int(cap)), "--connect-timeout", "10", "-T",
+                str(local), f"tftp://{address}:{PORT}/{UPLOAD_NAME}"]
+    if name == "busybox":
+        return ["busybox", "tftp", "-p", "-l", str(local), "-r", UPLOAD_NAME, address, str(PORT)]
+    raise ValueError(f"no upload with {name}")
 
 
 def client_command(name: str, address: str, local: Path, cap: float) -> list[str]:
@@ -108,7 +123,9 @@ def serving(server: str, args: argparse.Namespace, root: Path, work: Path) -> It
     with NetnsPair() as pair:
         log = (work / f"{server}.log").open("wb")
         process = pair.a.popen(
-            server_command(server, root, pair.a_address), stdout=log, stderr=subprocess.STDOUT
+            server_command(server, root, pair.a_address, args.upload),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             wait_until_serving(pair, work, time.monotonic() + 20)
@@ -121,14 +138,19 @@ def serving(server: str, args: argparse.Namespace, root: Path, work: Path) -> It
 
 def download(pair: NetnsPair, client: str, args: argparse.Namespace, root: Path, work: Path
              ) -> tuple[float, bool]:
-    """Seconds for one download (``inf`` when capped) and whether the bytes were right."""
+    """Seconds for one download (an upload, with ``--upload``; ``inf`` when capped) and
+    whether the bytes were right."""
     out = work / "out"
     out.unlink(missing_ok=True)
+    if args.upload:
+        out = root / UPLOAD_NAME  # what the server stores
+        out.unlink(missing_ok=True)
+        command = upload_command(client, pair.a_address, root / "file", args.cap)
+    else:
+        command = client_command(client, pair.a_address, out, args.cap)
     started = time.monotonic()
     try:
-        result = pair.b.run(
-            client_command(client, pair.a_address, out, args.cap), timeout=args.cap + 5
-        )
+        result = pair.b.run(command, timeout=args.cap + 5)
         code = result.returncode
     except subprocess.TimeoutExpired:
         code = -9
@@ -171,6 +193,8 @@ def main() -> int:
                         help="one server per name for all rounds (floors carry over)")
     parser.add_argument("--busy", type=int, default=0, metavar="N",
                         help="N busy loops running throughout (a loaded machine)")
+    parser.add_argument("--upload", action="store_true",
+                        help="the clients send the file (curl, busybox) instead of fetching it")
     args = parser.parse_args()
     available, reason = namespaces_available()
     if not available:
@@ -186,6 +210,7 @@ def main() -> int:
         (root / "file").write_bytes(os.urandom(args.size))
         (root / "probe").write_bytes(b"ok\n")
         os.chmod(tmp, 0o755)
+        os.chmod(root, 0o777)  # tftpd-hpa creates an upload as nobody
         work = Path(tmp)
         times: dict[tuple[str, str], list[float]] = {}
         kept = {}
@@ -202,11 +227,14 @@ def main() -> int:
                     times.setdefault((server, client), []).append(elapsed if good else float("inf"))
                     shown = f"{elapsed:.2f} s" if elapsed != float("inf") else f">{args.cap:.0f} s"
                     print(
-                        f"[round {round_number}] {client} <- {server}: {shown}"
+                        f"[round {round_number}] {client} {'->' if args.upload else '<-'}"
+                        f" {server}: {shown}"
                         f"{'' if good else ' FAILED'}",
                         flush=True,
                     )
-    print(f"\n{args.size} bytes through {args.loss:g}% loss both ways, median of {args.runs}")
+    what = "uploaded" if args.upload else "downloaded"
+    print(f"\n{args.size} bytes {what} through {args.loss:g}% loss both ways,"
+          f" median of {args.runs}")
     summary = []
     for client in clients:
         base = statistics.median(times[(servers[-1], client)])
