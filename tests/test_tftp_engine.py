@@ -492,6 +492,27 @@ def test_a_receiver_repeats_its_ack_a_few_times_then_leaves_it_to_the_sender() -
     assert sent[2:] == [encode_ack(1)] * 4
 
 
+@pytest.mark.parametrize("repeat_ack", [True, False])
+def test_a_dallying_receiver_repeats_its_final_ack_a_few_times_with_repeat_ack(
+    repeat_ack: bool,
+) -> None:
+    """curl waits 5 s before it sends a last block again, as long as the dally: its
+    final ACK, if lost, is repeated on the receiver's timer instead."""
+    sent: list[bytes] = []
+    receiver = BlockReceiver(
+        sent.append, lambda p: True, now=0.0, preamble=encode_ack(0), dally=5.0,
+        repeat_ack=repeat_ack,
+    )
+    receiver.on_datagram(encode_data(1, b"end"), 0.001)
+    assert receiver.complete and sent == [encode_ack(0), encode_ack(1)]
+    while receiver.outcome is None:
+        assert receiver.deadline is not None
+        receiver.on_timeout(receiver.deadline)
+    assert receiver.outcome is Outcome.COMPLETE
+    assert receiver.stats.finished == pytest.approx(5.001)  # the dally, whole
+    assert sent[2:] == ([encode_ack(1)] * 4 if repeat_ack else [])
+
+
 def test_without_repeat_ack_a_lockstep_receiver_waits_for_the_sender() -> None:
     receiver, sent = _receiver_after_block_1(repeat_ack=False)
     assert receiver.deadline is not None

@@ -786,6 +786,7 @@ class BlockReceiver(_Engine):
         self.write = write
         self.max_bytes = max_bytes
         self._dally = dally
+        self._dally_until = 0.0  # when a dally after the final ACK ends
         self._repeat_ack = repeat_ack and windowsize == 1
         self._repeats = 0  # ACK repeats since the last block that arrived in order
         # The block a repeated ACK asks for again: its duplicate is our repeat's echo.
@@ -892,7 +893,11 @@ class BlockReceiver(_Engine):
         if self._final:
             self.complete = True
             if self._dally:
-                self.deadline = now + self._dally
+                self._dally_until = now + self._dally
+                # With repeat_ack, the final ACK is repeated a few times as well: a client
+                # that lost it may not ask again within the dally (curl waits 5 s).
+                wake = now + self.timer.rto if self._repeat_ack else self._dally_until
+                self.deadline = min(wake, self._dally_until)
             else:
                 self._finish(Outcome.COMPLETE, now)
 
@@ -946,7 +951,15 @@ class BlockReceiver(_Engine):
         if self.outcome is not None or self.deadline is None or now < self.deadline:
             return
         if self._final and not self._writing:
-            self._finish(Outcome.COMPLETE, now)
+            if now >= self._dally_until:
+                self._finish(Outcome.COMPLETE, now)
+            elif self._repeat_ack and self._repeats < _ACK_REPEATS:
+                self.send(self._last_ack)
+                self._repeats += 1
+                self.timer.timed_out()
+                self.deadline = min(now + self.timer.rto, self._dally_until)
+            else:
+                self.deadline = self._dally_until
             return
         if self._should_give_up(now):
             self.stats.error_message = "timed out waiting for DATA"
