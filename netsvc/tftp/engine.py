@@ -939,6 +939,13 @@ class BlockReceiver(_Engine):
             return 0xFFFF
         return previous
 
+    def _repeat_last_ack(self) -> None:
+        """One of the ``repeat_ack`` repeats (at most :data:`_ACK_REPEATS` per block)."""
+        self.send(self._last_ack)
+        self._ack_retransmitted = True
+        self._repeats += 1
+        self.stats.retransmits += 1
+
     def peer_unreachable(self, now: float) -> None:
         if self._final and not self._writing:
             # Dallying: the sender had our final ACK and left, as it may.
@@ -954,8 +961,7 @@ class BlockReceiver(_Engine):
             if now >= self._dally_until:
                 self._finish(Outcome.COMPLETE, now)
             elif self._repeat_ack and self._repeats < _ACK_REPEATS:
-                self.send(self._last_ack)
-                self._repeats += 1
+                self._repeat_last_ack()
                 self.timer.timed_out()
                 self.deadline = min(now + self.timer.rto, self._dally_until)
             else:
@@ -984,11 +990,8 @@ class BlockReceiver(_Engine):
         elif self._repeat_ack and self._repeats < _ACK_REPEATS:
             # Lock-step, our ACK or the next block lost: ask for it now, not after the
             # sender's timer (see repeat_ack).
-            self.send(self._last_ack)
-            self._ack_retransmitted = True
+            self._repeat_last_ack()
             self._echo_wire = self._expected
-            self._repeats += 1
-            self.stats.retransmits += 1
         # Otherwise the sender's timer drives recovery: repeating an ACK it already has
         # would only be timed by it as a (much too long) round trip.
         self.deadline = now + self.timer.rto
