@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -123,6 +124,38 @@ def test_a_job_goes_to_a_busy_worker_whose_idle_word_waits_rather_than_to_a_fork
     assert_job_reaches(pool, theirs)
     assert pool.idle == [] and list(pool.workers.values()) == [worker]
     theirs.close()
+
+
+def test_a_word_heard_while_dispatching_is_not_waited_for_again(
+    pool: workers._Pool,
+) -> None:
+    # The helper's loop saw the job and two workers' idle words in one select; dispatching
+    # the job heard both words first (hear_waiting_words) and gave the job to one. The loop
+    # then comes to the other's stale readiness: it must not wait in recv for a word that
+    # was taken (before the fix it did, and every later job queued behind it).
+    first, second = fake_worker(pool, 1.0), fake_worker(pool, 2.0)
+    both = list(pool.idle)
+    pool.idle.clear()
+    for theirs in (first, second):
+        theirs.send(workers._IDLE)
+    assert_job_reaches(pool, second)  # the most recently idle
+    idle_worker = both[0]
+    assert pool.idle == [idle_worker]
+
+    def stuck(signum: int, frame: object) -> None:
+        raise AssertionError("the helper waits for a word it has already heard")
+
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(2)
+    try:
+        for worker in both:  # the stale readiness of the select before the dispatch
+            pool.heard_from(worker)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert pool.idle == [idle_worker] and len(pool.workers) == 2
+    for theirs in (first, second):
+        theirs.close()
 
 
 def test_a_worker_says_it_is_idle_before_its_report_reaches_the_server(

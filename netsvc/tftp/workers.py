@@ -128,8 +128,13 @@ class _Pool:
                 self.heard_from(key.data)
 
     def heard_from(self, worker: _Worker) -> None:
+        """Take in what ``worker`` said, if anything: the helper's loop may ask after
+        :meth:`hear_waiting_words` has already taken its word (the readiness it acts on
+        was seen before the job came), and a wait here would stall every job behind it."""
         try:
-            word = worker.sock.recv(16)
+            word = worker.sock.recv(16, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return  # nothing new: heard already
         except OSError:
             word = b""
         if word == _IDLE:
