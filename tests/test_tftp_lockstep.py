@@ -247,7 +247,9 @@ def payload(size: int) -> bytes:
 @pytest.mark.parametrize(
     ("size", "blksize"),
     [(0, 512), (1, 512), (511, 512), (512, 512), (5 * 512, 512), (100_000, 512),
-     (100_003, 1468), (70_000, 65464), (3 * 65464, 65464)],
+     (100_003, 1468), (70_000, 65464), (3 * 65464, 65464),
+     # across the C loop's read-ahead buffers (64 KiB), which 1468 does not divide
+     (3 * 65536 + 1000, 512), (300_001, 1468), (65536 * 2, 16384)],
 )
 def test_downloads_are_the_same_with_and_without_the_c_loop(
     serve: Callable[..., Result], size: int, blksize: int

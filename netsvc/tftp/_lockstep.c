@@ -48,6 +48,8 @@ enum { NOTHING = -1, SIGNALLED = -2, REFUSED = -3 };
 #define LONGEST_WAIT_MS 60000   /* drive_download's _LONGEST_WAIT_MS */
 #define IDLE_CPU_INTERVAL 0.010 /* netsvc.spin.IDLE_CPU_INTERVAL */
 #define IDLE_CPU_PATH_LIMIT 256
+#define READ_AHEAD 65536                /* bytes per pread (read_block) */
+#define READ_AHEAD_LARGEST_BLKSIZE 16384 /* above it, a block per pread: few blocks */
 #define OPCODE_DATA 3
 #define OPCODE_ACK 4
 
@@ -74,6 +76,11 @@ typedef struct {
     /* out */
     long acked;
     double last_ack_at;
+    /* The file read ahead (read_block): `ahead_length` bytes from offset `ahead_start`,
+     * in `ahead` (NULL: each block is read on its own). Owned by pump(). */
+    unsigned char *ahead;
+    size_t ahead_capacity, ahead_length;
+    long long ahead_start;
 } Pump;
 
 static double monotonic_now(void)
@@ -258,14 +265,37 @@ static ssize_t sleep_recv(Pump *p, char *buffer, double wait)
     return errno == ECONNREFUSED ? REFUSED : NOTHING; /* EAGAIN: timed out */
 }
 
+/* Copy the block at p->position from the read-ahead buffer into `payload`, refilling
+ * the buffer with one pread when it does not hold all of it; whether it could. */
+static int copy_ahead(Pump *p, unsigned char *payload)
+{
+    size_t blksize = (size_t)p->blksize;
+    long long skip = p->position - p->ahead_start;
+    if (p->ahead_length == 0 || skip < 0 || (size_t)skip + blksize > p->ahead_length) {
+        long long left = p->size - p->position; /* at least blksize (read_block) */
+        size_t want = left < (long long)p->ahead_capacity ? (size_t)left : p->ahead_capacity;
+        ssize_t n = pread(p->file, p->ahead, want, (off_t)p->position);
+        p->ahead_length = n > 0 ? (size_t)n : 0;
+        p->ahead_start = p->position;
+        skip = 0;
+        if (p->ahead_length < blksize)
+            return 0;
+    }
+    memcpy(payload, p->ahead + skip, blksize);
+    return 1;
+}
+
 /* Read the next full block into `datagram` (after its 4-byte header). 0: not possible
  * here (the end is near, a short read, an error): Python reads it again and decides. */
 static int read_block(Pump *p, unsigned char *datagram, long long block)
 {
     if (p->position + p->blksize > p->size)
         return 0;
-    ssize_t n = pread(p->file, datagram + 4, (size_t)p->blksize, (off_t)p->position);
-    if (n != p->blksize)
+    if (p->ahead != NULL) {
+        if (!copy_ahead(p, datagram + 4))
+            return 0;
+    } else if (pread(p->file, datagram + 4, (size_t)p->blksize, (off_t)p->position) !=
+               p->blksize)
         return 0;
     datagram[0] = 0;
     datagram[1] = OPCODE_DATA;
@@ -542,7 +572,13 @@ static PyObject *pump(PyObject *module, PyObject *args)
         return NULL;
     }
     Py_ssize_t length = (Py_ssize_t)p.blksize + 4;
-    unsigned char *buffers = malloc(2 * (size_t)length);
+    /* One pread per READ_AHEAD bytes rather than per block: a system call costs more
+     * than the copy out of the buffer, at small block sizes (docs/benchmarks.rst). */
+    p.ahead_capacity = p.blksize <= READ_AHEAD_LARGEST_BLKSIZE ? READ_AHEAD : 0;
+    p.ahead_length = 0;
+    p.ahead_start = 0;
+    unsigned char *buffers = malloc(2 * (size_t)length + p.ahead_capacity);
+    p.ahead = buffers != NULL && p.ahead_capacity > 0 ? buffers + 2 * length : NULL;
     char received[RECV_LIMIT];
     if (buffers == NULL) {
         if (have_board)
