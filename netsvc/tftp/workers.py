@@ -181,8 +181,11 @@ def serve_jobs(control: socket.socket, board: mmap.mmap, spare: int = 0) -> None
                 pool.heard_from(key.data)
                 continue
             try:
-                message, fds, _, _ = socket.recv_fds(control, MESSAGE_LIMIT, JOB_FDS)
-            except InterruptedError:
+                # Never a wait outside select: one stuck read would stall every job.
+                message, fds, _, _ = socket.recv_fds(
+                    control, MESSAGE_LIMIT, JOB_FDS, socket.MSG_DONTWAIT
+                )
+            except (InterruptedError, BlockingIOError):
                 continue
             if not message:
                 return  # the server is gone; the workers follow when their socket closes
