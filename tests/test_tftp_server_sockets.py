@@ -138,6 +138,37 @@ def test_an_upload_repeats_its_ack_when_the_next_block_does_not_come(tmp_path: P
         running.stop()
 
 
+def test_an_upload_whose_client_has_gone_ends_at_once_and_stores_nothing(
+    tmp_path: Path,
+) -> None:
+    """The server repeats its ACK when the next block does not come (repeat_ack); with
+    the client's port closed, the repeat comes back as ICMP port unreachable, which ends
+    the upload (peer-gone), not the 30-second idle timeout. The partial file is gone."""
+    root = tmp_path / "root"
+    root.mkdir()
+    running = TFTPServer(root, tmp_path / "twistd.log", "--writable").start()
+    try:
+        client = udp_socket()
+        try:
+            client.sendto(b"\x00\x02up\x00octet\x00", (HOST, running.port))
+            reply, transfer = client.recvfrom(1024)
+            assert reply == ack(0)
+            client.sendto(struct.pack("!HH", 3, 1) + bytes(512), transfer)
+            assert client.recvfrom(1024) == (ack(1), transfer)
+        finally:
+            client.close()  # gone before block 2
+        started = time.monotonic()
+        while not running.events() and time.monotonic() - started < 10:
+            time.sleep(0.02)
+        assert time.monotonic() - started < 3
+        assert [(e["outcome"], e["direction"]) for e in running.events()] == [
+            ("peer-gone", "write")
+        ]
+        assert list(root.iterdir()) == []  # neither the file nor its temporary one
+    finally:
+        running.stop()
+
+
 @pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
 async def test_finished_transfers_leave_no_socket_in_the_reactors_socket_set(
     tmp_path: Path,

@@ -413,8 +413,8 @@ class Transfer(EngineSession):
             self.end()
             return
         if self.request.is_read:
-            # The peer's ACKs on a socket of their own. (An upload's DATA stays on the
-            # port, which reads bursts of blocks with receive offload.)
+            # The peer's ACKs on a socket of their own. (An upload gets one once it is
+            # known to run in lock-step: see _start_receiving.)
             self.use_peer_socket()
         limits = self.server.limits
         if limits.max_duration is not None:
@@ -605,6 +605,12 @@ class Transfer(EngineSession):
         negotiated = self.negotiated
         assert negotiated is not None
         self.writer = NetasciiWriter(writer) if self.request.mode is Mode.NETASCII else writer
+        if negotiated.windowsize == 1:
+            # In lock-step, a socket connected to the client as for downloads: the
+            # kernel reports a closed client port to it (ICMP port unreachable), so an
+            # upload whose client has gone ends at once (peer-gone), not after the idle
+            # timeout. A window's blocks stay on the port, read in bursts (fit_packet_size).
+            self.use_peer_socket()
         limits = self.server.limits
         self.engine = BlockReceiver(
             self.send_to_peer,
