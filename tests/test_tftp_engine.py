@@ -520,6 +520,55 @@ def test_without_repeat_ack_a_lockstep_receiver_waits_for_the_sender() -> None:
     assert sent == [encode_ack(0), encode_ack(1)]
 
 
+def test_a_receivers_oack_goes_out_again_when_the_request_does_not_on_its_timer() -> None:
+    # curl answers every OACK with a DATA 1 read afresh from its file: an OACK repeated
+    # after its DATA 1 was lost would shift the whole upload by a block.
+    sent: list[bytes] = []
+    oack = b"\x00\x06blksize\x001468\x00"
+    receiver = BlockReceiver(
+        sent.append, lambda p: True, now=0.0, preamble=oack, blksize=1468,
+        first_contact_retries=2, give_up_after=30.0,
+    )
+    now = 0.0
+    for _ in range(5):  # more timeouts than first_contact_retries: silent, not given up
+        now = receiver.deadline or now
+        receiver.on_timeout(now)
+    assert sent == [oack] and receiver.outcome is None and now < 30
+    receiver.request_repeated()  # the client heard nothing: it asks again
+    assert sent == [oack, oack]
+    receiver.on_datagram(encode_data(1, bytes(1468)), now + 0.1)
+    receiver.request_repeated()  # a late copy of the request, after block 1: nothing
+    assert sent == [oack, oack, encode_ack(1)]
+
+
+def test_without_block_1_a_silent_receiver_gives_up_at_the_idle_timeout() -> None:
+    receiver = BlockReceiver(
+        lambda d: None, lambda p: True, now=0.0, preamble=b"\x00\x06blksize\x001468\x00",
+        blksize=1468, first_contact_retries=2, give_up_after=30.0,
+    )
+    while receiver.outcome is None and receiver.deadline is not None:
+        receiver.on_timeout(receiver.deadline)
+    assert receiver.outcome is Outcome.TIMED_OUT
+    assert receiver.stats.finished is not None and receiver.stats.finished >= 30.0
+
+
+def test_an_oack_that_frames_blocks_as_plain_tftp_is_repeated_as_ack_0() -> None:
+    # blksize 512, no window: ACK 0 says the same, and curl takes it as an old ACK
+    # (resending its DATA 1 as it was) or, without our OACK, as "no options".
+    sent: list[bytes] = []
+    oack = b"\x00\x06tsize\x001000\x00"
+    receiver = BlockReceiver(sent.append, lambda p: True, now=0.0, preamble=oack)
+    receiver.on_timeout(receiver.deadline or 1.0)
+    assert sent == [oack, encode_ack(0)]
+
+
+def test_a_receivers_ack_0_is_still_repeated_on_its_timer() -> None:
+    sent: list[bytes] = []
+    receiver = BlockReceiver(sent.append, lambda p: True, now=0.0, preamble=encode_ack(0))
+    receiver.on_timeout(receiver.deadline or 1.0)
+    assert sent == [encode_ack(0)] * 2
+
+
 def test_oversized_block_is_an_illegal_operation() -> None:
     sent: list[bytes] = []
     receiver = BlockReceiver(sent.append, lambda p: True, now=0.0, preamble=encode_ack(0))

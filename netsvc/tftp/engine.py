@@ -34,6 +34,7 @@ What the engines guarantee:
 from __future__ import annotations
 
 import enum
+import math
 import struct
 from collections.abc import Callable
 
@@ -255,7 +256,7 @@ class _Engine:
         self._last_progress = now
         #: Until the peer answers once, it may be a spoofed address: ``first_contact_retries``
         #: bounds what we send it (a reflection attack gets a handful of small packets).
-        self.first_contact_retries = first_contact_retries
+        self.first_contact_retries: float = first_contact_retries  # math.inf: no bound
         self._peer_proven = False
 
     @property
@@ -794,6 +795,23 @@ class BlockReceiver(_Engine):
         self._expected = 1  # wire number of the next in-order block
         self._wraps_to_one = False
         self._last_ack = preamble or b""  # what we repeat on timeout and for duplicates
+        # What our timer repeats while nothing has come. Not an OACK (a server's answer
+        # to a write request): curl takes every OACK as the go-ahead for block 1 and
+        # reads the next block of its file for it, so a repeat after its DATA 1 was lost
+        # shifted the whole upload by a block (stored short and wrong; curl exits 0).
+        # ACK 0 instead where it frames the data as the OACK does (blksize 512, no
+        # window): a client that has the OACK takes it as an old ACK and resends DATA 1,
+        # one that lost the OACK goes ahead without options. Otherwise the timer stays
+        # silent and the client's own retransmission drives it; the OACK goes out again
+        # when the client repeats its request (request_repeated).
+        self._timer_preamble: bytes | None = self._last_ack or None
+        if self._last_ack.startswith(b"\x00\x06"):
+            plain = blksize == 512 and windowsize == 1
+            self._timer_preamble = _pack_header(4, 0) if plain else None
+            if not plain:
+                # Silent, it cannot flood a spoofed address: no first-contact limit,
+                # only the idle timeout (clients repeat a request after seconds).
+                self.first_contact_retries = math.inf
         self._last_acked_wire: int | None = None
         self._since_ack = 0  # in-order blocks since our last ACK
         self._gap_reported = False
@@ -939,6 +957,14 @@ class BlockReceiver(_Engine):
             return 0xFFFF
         return previous
 
+    def request_repeated(self) -> None:
+        """The peer sent its request again: while no block has come, our answer (the
+        preamble) has not reached it, so it goes out again."""
+        if self.outcome is None and self.stats.blocks == 0 and self._last_ack:
+            self.send(self._last_ack)
+            self._ack_retransmitted = True
+            self.stats.retransmits += 1
+
     def _repeat_last_ack(self) -> None:
         """One of the ``repeat_ack`` repeats (at most :data:`_ACK_REPEATS` per block)."""
         self.send(self._last_ack)
@@ -978,8 +1004,8 @@ class BlockReceiver(_Engine):
             pass  # the ACK waits for the write
         elif last is None:
             # Nothing arrived yet: our ACK 0 / OACK / request may have been lost.
-            if self._last_ack:
-                self.send(self._last_ack)
+            if self._timer_preamble is not None:
+                self.send(self._timer_preamble)
                 self._ack_retransmitted = True
                 self.stats.retransmits += 1
         elif self._since_ack:

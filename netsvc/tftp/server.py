@@ -241,8 +241,12 @@ class TFTPServer(DatagramProtocol):
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         key = _peer_key(addr)
-        if key in self.transfers:
-            return  # a retransmitted request: its transfer is already answering
+        transfer = self.transfers.get(key)
+        if transfer is not None:
+            # A retransmitted request: its transfer is already answering (an upload's
+            # OACK goes out again only now: BlockReceiver.request_repeated).
+            transfer.request_repeated(datagram)
+            return
         # Only RRQ/WRQ belong here; anything else gets silence (no reflection, no loops).
         if len(datagram) < 4 or datagram[0] != 0 or datagram[1] not in (1, 2) or addr[1] == 0:
             self.counters["ignored"] += 1
@@ -533,6 +537,13 @@ class Transfer(EngineSession):
             give_up_after=limits.idle_timeout,
             first_contact_retries=limits.first_contact_retries,
         )
+
+    def request_repeated(self, datagram: bytes) -> None:
+        """The client sent a request again from the same address and port."""
+        engine = self.engine
+        if isinstance(engine, BlockReceiver) and datagram[:2] == b"\x00\x02":
+            engine.request_repeated()
+            self.after_event()
 
     def _hand_to_process(self, reader: Any, settings: SenderSettings, text: bool) -> bool:
         """Run this download in a process of its own, if there is a helper; whether it does.
