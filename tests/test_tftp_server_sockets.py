@@ -46,6 +46,28 @@ def server(tmp_path: Path) -> Iterator[TFTPServer]:
     running.stop()
 
 
+@pytest.fixture
+def writable(tmp_path: Path) -> Iterator[tuple[TFTPServer, Path]]:
+    """A server that takes uploads, and its (empty) root."""
+    root = tmp_path / "root"
+    root.mkdir()
+    running = TFTPServer(root, tmp_path / "twistd.log", "--writable").start()
+    yield running, root
+    running.stop()
+
+
+def upload_block_1(client: socket.socket, port: int) -> tuple[str, int]:
+    """Start an upload without options and send its first full block; the transfer's
+    address, once block 1 is acknowledged."""
+    client.sendto(b"\x00\x02up\x00octet\x00", (HOST, port))
+    reply, transfer = client.recvfrom(1024)
+    assert reply == ack(0)
+    client.sendto(struct.pack("!HH", 3, 1) + bytes(512), transfer)
+    assert client.recvfrom(1024) == (ack(1), transfer)
+    address: tuple[str, int] = transfer
+    return address
+
+
 def udp_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((HOST, 0))
@@ -117,36 +139,29 @@ def test_a_client_that_leaves_before_its_last_ack_ends_the_download_at_once(
     ]
 
 
-def test_an_upload_repeats_its_ack_when_the_next_block_does_not_come(tmp_path: Path) -> None:
+def test_an_upload_repeats_its_ack_when_the_next_block_does_not_come(
+    writable: tuple[TFTPServer, Path],
+) -> None:
     """curl's own timer would take 5 s per lost block: the server asks again on its own
     adaptive timer (BlockReceiver's repeat_ack), a few times."""
-    root = tmp_path / "root"
-    root.mkdir()
-    running = TFTPServer(root, tmp_path / "twistd.log", "--writable").start()
+    running, _ = writable
     client = udp_socket()
     try:
-        client.sendto(b"\x00\x02up\x00octet\x00", (HOST, running.port))
-        reply, transfer = client.recvfrom(1024)
-        assert reply == ack(0)
-        client.sendto(struct.pack("!HH", 3, 1) + bytes(512), transfer)
-        assert client.recvfrom(1024) == (ack(1), transfer)
+        transfer = upload_block_1(client, running.port)
         started = time.monotonic()
         assert client.recvfrom(1024) == (ack(1), transfer)  # block 2 "lost": asked again
         assert time.monotonic() - started < 1.0
     finally:
         client.close()
-        running.stop()
 
 
 def test_an_uploads_oack_is_repeated_for_a_repeated_request_not_on_a_timer(
-    tmp_path: Path,
+    writable: tuple[TFTPServer, Path],
 ) -> None:
     """curl reads a fresh block of its file for every OACK it hears: a repeat on the
     server's timer after curl's DATA 1 was lost shifted the upload by a block (found
     through 10 % loss: 1 MiB stored 512 bytes short, every block the next one's)."""
-    root = tmp_path / "root"
-    root.mkdir()
-    running = TFTPServer(root, tmp_path / "twistd.log", "--writable").start()
+    running, root = writable
     client = udp_socket()
     try:
         request = b"\x00\x02up\x00octet\x00blksize\x001024\x00"
@@ -172,39 +187,29 @@ def test_an_uploads_oack_is_repeated_for_a_repeated_request_not_on_a_timer(
             plain.close()
     finally:
         client.close()
-        running.stop()
     assert (root / "up").read_bytes() == bytes(100)
 
 
 def test_an_upload_whose_client_has_gone_ends_at_once_and_stores_nothing(
-    tmp_path: Path,
+    writable: tuple[TFTPServer, Path],
 ) -> None:
     """The server repeats its ACK when the next block does not come (repeat_ack); with
     the client's port closed, the repeat comes back as ICMP port unreachable, which ends
     the upload (peer-gone), not the 30-second idle timeout. The partial file is gone."""
-    root = tmp_path / "root"
-    root.mkdir()
-    running = TFTPServer(root, tmp_path / "twistd.log", "--writable").start()
+    running, root = writable
+    client = udp_socket()
     try:
-        client = udp_socket()
-        try:
-            client.sendto(b"\x00\x02up\x00octet\x00", (HOST, running.port))
-            reply, transfer = client.recvfrom(1024)
-            assert reply == ack(0)
-            client.sendto(struct.pack("!HH", 3, 1) + bytes(512), transfer)
-            assert client.recvfrom(1024) == (ack(1), transfer)
-        finally:
-            client.close()  # gone before block 2
-        started = time.monotonic()
-        while not running.events() and time.monotonic() - started < 10:
-            time.sleep(0.02)
-        assert time.monotonic() - started < 3
-        assert [(e["outcome"], e["direction"]) for e in running.events()] == [
-            ("peer-gone", "write")
-        ]
-        assert list(root.iterdir()) == []  # neither the file nor its temporary one
+        upload_block_1(client, running.port)
     finally:
-        running.stop()
+        client.close()  # gone before block 2
+    started = time.monotonic()
+    while not running.events() and time.monotonic() - started < 10:
+        time.sleep(0.02)
+    assert time.monotonic() - started < 3
+    assert [(e["outcome"], e["direction"]) for e in running.events()] == [
+        ("peer-gone", "write")
+    ]
+    assert list(root.iterdir()) == []  # neither the file nor its temporary one
 
 
 @pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
