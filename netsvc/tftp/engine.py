@@ -961,15 +961,17 @@ class BlockReceiver(_Engine):
         """The peer sent its request again: while no block has come, our answer (the
         preamble) has not reached it, so it goes out again."""
         if self.outcome is None and self.stats.blocks == 0 and self._last_ack:
-            self.send(self._last_ack)
-            self._ack_retransmitted = True
-            self.stats.retransmits += 1
+            self._resend(self._last_ack)
 
     def _repeat_last_ack(self) -> None:
         """One of the ``repeat_ack`` repeats (at most :data:`_ACK_REPEATS` per block)."""
-        self.send(self._last_ack)
-        self._ack_retransmitted = True
+        self._resend(self._last_ack)
         self._repeats += 1
+
+    def _resend(self, datagram: bytes) -> None:
+        """Send an ACK (or the preamble) again: a retransmission, never timed (Karn)."""
+        self.send(datagram)
+        self._ack_retransmitted = True
         self.stats.retransmits += 1
 
     def peer_unreachable(self, now: float) -> None:
@@ -1005,9 +1007,7 @@ class BlockReceiver(_Engine):
         elif last is None:
             # Nothing arrived yet: our ACK 0 / OACK / request may have been lost.
             if self._timer_preamble is not None:
-                self.send(self._timer_preamble)
-                self._ack_retransmitted = True
-                self.stats.retransmits += 1
+                self._resend(self._timer_preamble)
         elif self._since_ack:
             # Part of a window arrived, then nothing: say where we are (go-back-N).
             self._acknowledge(last, now)
