@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import io
+import mmap
 import os
 import signal
 import socket
@@ -16,10 +17,13 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from twisted.internet.task import Clock
 
 from netsvc.spin import Spinner
 from netsvc.tftp import packets
 from netsvc.tftp.downloader import (
+    BOARD_JOBS_TAKEN,
+    BOARD_SIZE,
     TIME_LIMIT_MESSAGE,
     DownloadJob,
     DownloadReport,
@@ -28,6 +32,7 @@ from netsvc.tftp.downloader import (
 )
 from netsvc.tftp.engine import BlockSender, Outcome, TransferStats
 from netsvc.tftp.files import BackendError
+from netsvc.tftp.handoff import HELPER_PATIENCE, HelperWatchdog, JobProgress
 from netsvc.tftp.packets import ACK, ERROR, OACK, RRQ, ErrorCode, encode_data, parse
 from netsvc.tftp.server import SMALL_DOWNLOAD_BLOCKS
 from tests.interop_support import HOST, TFTPServer
@@ -267,6 +272,64 @@ def test_the_time_limit_holds_in_the_child(pair: tuple[socket.socket, socket.soc
     assert last == b"\x00\x05\x00\x00" + TIME_LIMIT_MESSAGE.encode() + b"\x00"
 
 
+# -- the watchdog over the helper ----------------------------------------------------------
+
+
+class Watched:
+    """A watchdog over a helper's job counts, on a Clock; ``stuck``: what it reported."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.board = mmap.mmap(-1, BOARD_SIZE)
+        self.jobs = JobProgress(self.board)
+        self.stuck: list[JobProgress] = []
+        self.watchdog = HelperWatchdog(self.clock, self.stuck.append, patience=2.0)
+
+    def hand_over(self, handed: int) -> None:
+        self.jobs.handed = handed
+        self.watchdog.handed_over(self.jobs)
+
+    def helper_takes(self, count: int) -> None:
+        """The helper's count of jobs taken, written as netsvc.tftp.workers.serve_jobs does."""
+        self.board[BOARD_JOBS_TAKEN : BOARD_JOBS_TAKEN + 8] = count.to_bytes(8, "little")
+
+    def checks_due(self) -> int:
+        return len(self.clock.getDelayedCalls())
+
+
+def test_the_watchdog_replaces_a_helper_only_when_it_took_none_of_the_waiting_jobs() -> None:
+    w = Watched()
+    w.hand_over(3)
+    w.clock.advance(1.9)
+    w.helper_takes(1)  # slow, but taking them
+    w.hand_over(4)  # a check is due already: no second one
+    assert w.checks_due() == 1
+    w.clock.advance(0.1)
+    assert w.stuck == [] and w.jobs.waiting() == 3
+    w.clock.advance(1.99)
+    assert w.stuck == []
+    w.clock.advance(0.01)  # 2 s with jobs waiting and none taken
+    assert w.stuck == [w.jobs]
+    assert w.checks_due() == 0
+
+
+def test_the_watchdog_rests_once_every_job_is_taken() -> None:
+    w = Watched()
+    w.hand_over(1)
+    w.helper_takes(1)
+    w.clock.advance(2.0)
+    assert w.checks_due() == 0  # nothing waits: no more checks
+    w.hand_over(2)  # the next job starts the checks again
+    assert w.checks_due() == 1
+    w.clock.advance(1.0)
+    w.helper_takes(2)
+    w.clock.advance(1.0)
+    assert w.stuck == [] and w.checks_due() == 0
+    w.hand_over(3)
+    w.watchdog.cancel()
+    assert w.checks_due() == 0
+
+
 # -- the real server ------------------------------------------------------------------------
 
 
@@ -335,11 +398,18 @@ def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
-def start_download(port: int) -> tuple[socket.socket, tuple[str, int]]:
-    """Request ``f`` and read its DATA 1 without acknowledging it: the download waits."""
+def client_socket() -> socket.socket:
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.bind((HOST, 0))
     client.settimeout(5)
+    return client
+
+
+def start_download(
+    port: int, client: socket.socket | None = None
+) -> tuple[socket.socket, tuple[str, int]]:
+    """Request ``f`` and read its DATA 1 without acknowledging it: the download waits."""
+    client = client or client_socket()
     client.sendto(b"\x00\x01f\x00octet\x00", (HOST, port))
     datagram, transfer = client.recvfrom(1024)
     assert datagram[:4] == b"\x00\x03\x00\x01"
@@ -550,6 +620,53 @@ def test_without_its_helper_the_server_serves_downloads_itself(
     for _ in range(2):
         download_whole(server.port)
     assert server.log().count("the download helper is gone") == 1
+
+
+def test_a_helper_that_takes_no_downloads_is_replaced_and_its_downloads_go_on(
+    make_server: Callable[..., TFTPServer],
+) -> None:
+    """A helper that stopped taking jobs (stopped here with SIGSTOP) is killed and
+    replaced after HELPER_PATIENCE. The download it never took ends, and its client's
+    next request is served by the new helper; the old helper's workers finish their
+    downloads and report, and a stop of the server still reaches them."""
+    server, helper = start_with_spares(make_server, 0)
+    assert server.process is not None
+    finishing, finishing_transfer = start_download(server.port)
+    stopped, _ = start_download(server.port)
+    lost = client_socket()
+    try:
+        wait_for(lambda: len(children(helper)) == 2)
+        old_workers = children(helper)
+        os.kill(helper, signal.SIGSTOP)
+        asked_at = time.monotonic()
+        lost.sendto(b"\x00\x01f\x00octet\x00", (HOST, server.port))
+        wait_for(server.events, timeout=HELPER_PATIENCE + 3)
+        assert time.monotonic() - asked_at > HELPER_PATIENCE - 0.2
+        assert [e["outcome"] for e in server.events()] == ["aborted"]  # the job it never took
+        assert "took none of 1 download(s) in 2.0 s; replacing it" in server.log()
+        assert gone(helper)
+        replacement = helper_of(server)
+        assert replacement not in (None, helper)
+
+        client, transfer = start_download(server.port, lost)  # it asks again
+        assert finish_download(client, transfer) == FILE
+        assert finish_download(finishing, finishing_transfer) == FILE
+        wait_for(lambda: len(server.events()) == 3)
+        assert [e["outcome"] for e in server.events()][1:] == ["complete", "complete"]
+
+        server.process.send_signal(signal.SIGTERM)
+        while True:
+            datagram = stopped.recv(1024)
+            if datagram[:2] == b"\x00\x05":
+                break
+        assert datagram == b"\x00\x05\x00\x00server shutting down\x00"
+        server.process.wait(timeout=10)
+    finally:
+        for sock in (finishing, stopped, lost):
+            sock.close()
+    assert server.events()[-1]["outcome"] == "local-error"
+    for pid in old_workers:
+        wait_for(functools.partial(gone, pid))
 
 
 # -- handed-over downloads, seen from the wire and from the server's log -------------------

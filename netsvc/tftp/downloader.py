@@ -52,8 +52,13 @@ __all__ = [
 ]
 
 #: Bytes of the page the server shares with the helper and its workers: byte 0 is the
-#: number of transfers the server runs (255: that many or more).
+#: number of transfers the server runs (255: that many or more); at
+#: :data:`BOARD_JOBS_TAKEN`, the helper's count of jobs it has taken.
 BOARD_SIZE = 64
+#: Offset of the helper's count of jobs taken (8 bytes, little-endian, written by the
+#: helper alone): the server compares it with the jobs it handed over, to tell a helper
+#: that has stopped taking them (:class:`netsvc.tftp.handoff.HelperWatchdog`).
+BOARD_JOBS_TAKEN = 8
 #: Largest job or report message (see ``_JOB`` and ``_REPORT``).
 MESSAGE_LIMIT = 16384
 #: The ERROR message of a transfer stopped by the server's time limit (wherever it runs).

@@ -1,7 +1,8 @@
 """The server's side of downloads in processes of their own (see :mod:`netsvc.tftp.downloader`).
 
 :class:`DownloadHelper` starts the helper program, hands it downloads, and stops it and
-its workers. :class:`ReportPipe` reads one download's report when its worker is done.
+its workers. :class:`HelperWatchdog` tells when a helper has stopped taking downloads.
+:class:`ReportPipe` reads one download's report when its worker is done.
 """
 
 from __future__ import annotations
@@ -15,15 +16,36 @@ import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import suppress
+from enum import Enum
 from typing import Any
 
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.main import CONNECTION_DONE
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from netsvc.tftp.downloader import BOARD_SIZE, MESSAGE_LIMIT, DownloadJob, DownloadReport
+from netsvc.tftp.downloader import (
+    BOARD_JOBS_TAKEN,
+    BOARD_SIZE,
+    MESSAGE_LIMIT,
+    DownloadJob,
+    DownloadReport,
+)
 
-__all__ = ["DownloadHelper", "ReportPipe", "can_hand_off"]
+__all__ = [
+    "HELPER_PATIENCE",
+    "DownloadHelper",
+    "HelperState",
+    "HelperWatchdog",
+    "JobProgress",
+    "ReportPipe",
+    "can_hand_off",
+]
+
+#: Seconds a helper may leave handed-over downloads untaken, taking none meanwhile,
+#: before the server replaces it. Taking a job costs it well under a millisecond (a
+#: fork, when no worker is idle, a few), so this is never a busy helper.
+HELPER_PATIENCE = 2.0
 
 _log = Logger()
 
@@ -66,6 +88,7 @@ class DownloadHelper:
             os.close(board_fd)
         ours.setblocking(False)  # a full socket means "serve it here", never a wait
         self._control: socket.socket | None = ours
+        self.jobs = JobProgress(self._board)
 
     def publish_load(self, transfers: int) -> None:
         """Tell the running downloads how many transfers the server has: they poll awake
@@ -98,7 +121,18 @@ class DownloadHelper:
             return None
         finally:
             os.close(write_end)
+        self.jobs.handed += 1
+        self.jobs.running += 1
         return read_end
+
+    def abandon(self) -> None:
+        """Kill the helper process alone and hand it nothing more. Its workers finish
+        their downloads, report and exit; the jobs it had not taken are lost with its
+        socket (their report pipes close empty: the server logs them)."""
+        if self.process.returncode is None:
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(self.process.pid, signal.SIGKILL)
+        self.close()
 
     def stop(self) -> None:
         """End the helper and every download it runs: each tells its client (ERROR 0)."""
@@ -109,10 +143,13 @@ class DownloadHelper:
         self._signal(signal.SIGKILL)
 
     def _signal(self, signum: int) -> None:
+        # The group outlives an abandoned helper while its workers run: its number is
+        # not reused until they have all exited.
         with suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signum)
-        with suppress(ProcessLookupError, PermissionError):
-            os.kill(self.process.pid, signum)  # in case it has not made its group yet
+        if self.process.returncode is None:  # reaped: the pid may be someone else's
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(self.process.pid, signum)  # in case it has not made its group yet
 
     def close(self) -> None:
         """Stop taking downloads: the helper exits; the downloads it runs go on."""
@@ -124,6 +161,86 @@ class DownloadHelper:
         control, self._control = self._control, None
         if control is not None:
             control.close()
+
+
+class HelperState(Enum):
+    """What :meth:`JobProgress.check` found."""
+
+    IDLE = "idle"  # every job handed over has been taken
+    WAITING = "waiting"  # some wait, and it took some since the last check (or none waited)
+    STUCK = "stuck"  # jobs waited at the last check and still do; it took none since
+
+
+class JobProgress:
+    """A helper's jobs: those handed over (counted here) against those it has taken
+    (counted by the helper at :data:`~netsvc.tftp.downloader.BOARD_JOBS_TAKEN` of
+    ``board``, the page it shares with the server)."""
+
+    def __init__(self, board: mmap.mmap) -> None:
+        self._board = board
+        #: Jobs handed over; of those, the ones whose report pipe is still open.
+        self.handed = 0
+        self.running = 0
+        self._checked = (0, 0)  # (handed, taken) at the last check()
+
+    def taken(self) -> int:
+        return int.from_bytes(self._board[BOARD_JOBS_TAKEN : BOARD_JOBS_TAKEN + 8], "little")
+
+    def waiting(self) -> int:
+        return self.handed - self.taken()
+
+    def check(self) -> HelperState:
+        """Compare with the previous call: :attr:`HelperState.STUCK` when jobs that
+        waited then wait still and the helper has taken none since."""
+        taken = self.taken()
+        handed_then, taken_then = self._checked
+        self._checked = (self.handed, taken)
+        if taken == taken_then and handed_then > taken:
+            return HelperState.STUCK
+        return HelperState.WAITING if self.handed > taken else HelperState.IDLE
+
+
+class HelperWatchdog:
+    """Checks a helper's :class:`JobProgress` every :data:`HELPER_PATIENCE` seconds
+    while jobs handed to it wait, and calls ``on_stuck(jobs)`` when it has taken none of
+    them meanwhile.
+
+    Without it, a helper that stopped taking jobs (a bug, a stopped process) would leave
+    every later download waiting until its time limit, hours by default; replaced, their
+    clients ask again and are served. Costs nothing per download but a comparison: the
+    helper counts the jobs it takes on the shared page.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        on_stuck: Callable[[JobProgress], object],
+        patience: float = HELPER_PATIENCE,
+    ) -> None:
+        self._reactor = reactor
+        self._on_stuck = on_stuck
+        self.patience = patience
+        self._call: IDelayedCall | None = None
+
+    def handed_over(self, jobs: JobProgress) -> None:
+        """A job went to the helper of ``jobs``: check it after :attr:`patience` unless
+        a check is due."""
+        if self._call is None:
+            jobs.check()  # from here: jobs that wait now must be taken by then
+            self._call = self._reactor.callLater(self.patience, self._check, jobs)
+
+    def cancel(self) -> None:
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _check(self, jobs: JobProgress) -> None:
+        self._call = None
+        state = jobs.check()
+        if state is HelperState.STUCK:
+            self._on_stuck(jobs)
+        elif state is HelperState.WAITING:
+            self._call = self._reactor.callLater(self.patience, self._check, jobs)
 
 
 class ReportPipe:

@@ -49,7 +49,13 @@ from netsvc.tftp.engine import (
 )
 from netsvc.tftp.files import FilesystemReader
 from netsvc.tftp.floors import LearnedFloors
-from netsvc.tftp.handoff import DownloadHelper, ReportPipe, can_hand_off
+from netsvc.tftp.handoff import (
+    DownloadHelper,
+    HelperWatchdog,
+    JobProgress,
+    ReportPipe,
+    can_hand_off,
+)
 from netsvc.tftp.options import Negotiated, OptionNegotiationError, ServerOptionPolicy, negotiate
 from netsvc.tftp.packets import (
     OACK,
@@ -208,6 +214,9 @@ class TFTPServer(DatagramProtocol):
         #: client's CPU (:mod:`netsvc.tftp.colocate`).
         self.follow_client_cpu = follow_client_cpu
         self.helper: DownloadHelper | None = None
+        #: Helpers replaced while downloads of theirs still ran: a stop reaches those too.
+        self.retired_helpers: list[DownloadHelper] = []
+        self.helper_watchdog = HelperWatchdog(reactor, self._replace_helper)
         #: Retransmission floors that downloads learned, per client host: later
         #: downloads for that host start from them (:mod:`netsvc.tftp.floors`).
         self.learned_floors = LearnedFloors(reactor.seconds)
@@ -343,6 +352,29 @@ class TFTPServer(DatagramProtocol):
                     error=error.strerror,
                 )
 
+    def download_process_ended(self, helper: DownloadHelper) -> None:
+        """A download handed to ``helper`` has ended (or its job was lost)."""
+        helper.jobs.running -= 1
+        if helper.jobs.running == 0 and helper in self.retired_helpers:
+            self.retired_helpers.remove(helper)
+
+    def _replace_helper(self, jobs: JobProgress) -> None:
+        """The watchdog found the helper taking no downloads: start another in its place."""
+        helper = self.helper
+        if helper is None or helper.jobs is not jobs:
+            return
+        self.log.error(
+            "tftp: the download helper took none of {waiting} download(s) in {seconds} s;"
+            " replacing it (those downloads end unserved: their clients ask again)",
+            waiting=jobs.waiting(),
+            seconds=self.helper_watchdog.patience,
+        )
+        helper.abandon()
+        if jobs.running:
+            self.retired_helpers.append(helper)
+        self.helper = None
+        self.start_helper()
+
     def shutdown(self) -> Deferred[None] | None:
         """Abort every transfer (the peers get ERROR 0; partial uploads are discarded).
 
@@ -351,17 +383,26 @@ class TFTPServer(DatagramProtocol):
         """
         for transfer in list(self.transfers.values()):
             transfer.abort(ErrorCode.NOT_DEFINED, SHUTDOWN_MESSAGE)
-        helper, self.helper = self.helper, None
-        if helper is None:
+        self.helper_watchdog.cancel()
+        helpers = [*self.retired_helpers, *([self.helper] if self.helper else [])]
+        self.helper, self.retired_helpers = None, []
+        if not helpers:
             return None
-        helper.stop()
+        for helper in helpers:
+            helper.stop()
         waiting = [t.when_ended() for t in self.transfers.values() if not t.finished]
-        killer = self.reactor.callLater(STOP_GRACE, helper.kill)
+
+        def kill() -> None:
+            for helper in helpers:
+                helper.kill()
+
+        killer = self.reactor.callLater(STOP_GRACE, kill)
 
         def reap(result: object) -> None:
             if killer.active():
                 killer.cancel()
-            helper.close()
+            for helper in helpers:
+                helper.close()
 
         return gatherResults(waiting).addBoth(reap)
 
@@ -394,6 +435,7 @@ class Transfer(EngineSession):
         # A download in a process of its own: its report pipe while it runs, then its
         # report (or, for a process that ended without one, that it did).
         self._report_pipe: ReportPipe | None = None
+        self._helper: DownloadHelper | None = None  # the one running this download
         self._report: DownloadReport | None = None
         self._report_lost = False
         self._start_floor: float | None = None  # the download timer's first floor
@@ -579,6 +621,8 @@ class Transfer(EngineSession):
         pipe = helper.hand_over(job, peer_socket, fd)
         if pipe is None:
             return False
+        self._helper = helper
+        server.helper_watchdog.handed_over(helper.jobs)
         self._report_pipe = ReportPipe(self.reactor, pipe, self._process_ended)
         # The client's socket, the file and the time limit are the worker's now. The port
         # stays here and answers strangers.
@@ -591,6 +635,8 @@ class Transfer(EngineSession):
 
     def _process_ended(self, report: DownloadReport | None) -> None:
         self._report_pipe = None
+        if self._helper is not None:
+            self.server.download_process_ended(self._helper)
         self._report = report
         self._report_lost = report is None
         self.end()

@@ -37,6 +37,7 @@ import attrs
 
 from netsvc.tftp import downloader
 from netsvc.tftp.downloader import (
+    BOARD_JOBS_TAKEN,
     BOARD_SIZE,
     MESSAGE_LIMIT,
     DownloadJob,
@@ -175,6 +176,7 @@ def serve_jobs(control: socket.socket, board: mmap.mmap, spare: int = 0) -> None
         pool.start_worker(spare=True)  # idle once it says so
     pool.selector.register(control, selectors.EVENT_READ, None)
     timeout: float | None = None
+    taken = 0
     while True:
         for key, _ in pool.selector.select(timeout):
             if key.data is not None:
@@ -189,6 +191,9 @@ def serve_jobs(control: socket.socket, board: mmap.mmap, spare: int = 0) -> None
                 continue
             if not message:
                 return  # the server is gone; the workers follow when their socket closes
+            # The server's watchdog compares this count with the jobs it handed over.
+            taken += 1
+            board[BOARD_JOBS_TAKEN : BOARD_JOBS_TAKEN + 8] = taken.to_bytes(8, "little")
             try:
                 if len(fds) == JOB_FDS:
                     pool.dispatch(message, fds)
@@ -206,9 +211,8 @@ def _work(sock: socket.socket, board: mmap.mmap, spare: bool) -> None:
     signal.signal(signal.SIGTERM, _stop_between_jobs)
     if spare:  # ready after a rehearsal (a worker started for a job gets that job first)
         rehearse(board)
-        if _stopping:
+        if _stopping or not _tell_idle(sock):
             return
-        sock.send(_IDLE)
     while True:
         try:
             message, fds, _, _ = socket.recv_fds(sock, MESSAGE_LIMIT, JOB_FDS)
@@ -229,8 +233,18 @@ def _work(sock: socket.socket, board: mmap.mmap, spare: bool) -> None:
                 os.close(fd)
         if _stopping:
             return  # SIGTERM ended that download: the server stops
-        if not said_idle:
-            sock.send(_IDLE)
+        if not said_idle and not _tell_idle(sock):
+            return  # the helper is gone (replaced by the server): no more jobs come
+
+
+def _tell_idle(helper: socket.socket) -> bool:
+    """Tell the helper this worker is idle; whether it could (a helper the server killed
+    for taking no jobs is gone, and the report must still reach the server)."""
+    try:
+        helper.send(_IDLE)
+    except OSError:
+        return False
+    return True
 
 
 def _run(
@@ -250,10 +264,7 @@ def _run(
         # Idle before the report: a client that asks again as soon as its download ends
         # (the server logs it when the report comes) then finds this warm worker idle,
         # not a fork. The job's descriptors are closed before the next job is read.
-        said_idle = False
-        if helper is not None and not _stopping:
-            helper.send(_IDLE)
-            said_idle = True
+        said_idle = helper is not None and not _stopping and _tell_idle(helper)
         # Still under the download's handler, which only notes a SIGTERM from here on:
         # the between-jobs one would raise and lose the report.
         os.write(report_fd, report.encode())
@@ -357,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     os.setpgid(0, 0)  # a group of its own, for its workers too: the server stops it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
     gc.freeze()  # workers would otherwise copy pages when a collection touches them
-    board = mmap.mmap(int(args[1]), BOARD_SIZE, access=mmap.ACCESS_READ)
+    board = mmap.mmap(int(args[1]), BOARD_SIZE)  # the helper writes its count of jobs
     os.close(int(args[1]))
     spare = int(args[2]) if len(args) == 3 else 0
     with socket.socket(fileno=int(args[0])) as control:
