@@ -8,6 +8,7 @@ netsvc-tftp`` in a process of its own.
 
 from __future__ import annotations
 
+import mmap
 import os
 import socket
 import struct
@@ -24,8 +25,9 @@ from twisted.internet.task import deferLater
 from netsvc.tftp import server as server_module
 from netsvc.tftp.backend import FilesystemBackend, MemoryWriter
 from netsvc.tftp.client import _ClientSession, download
-from netsvc.tftp.downloader import DownloadJob, DownloadReport
+from netsvc.tftp.downloader import BOARD_SIZE, DownloadJob, DownloadReport
 from netsvc.tftp.engine import Outcome, TransferStats
+from netsvc.tftp.handoff import JobProgress
 from netsvc.tftp.server import tftp_service
 from netsvc.udpport import QuietUDPPort, socket_set_for
 from tests.interop_support import HOST, TFTPServer
@@ -248,10 +250,11 @@ class JobCatcher:
     server then serves them itself)."""
 
     def __init__(self) -> None:
-        self.jobs: list[DownloadJob] = []
+        self.offered: list[DownloadJob] = []
+        self.jobs = JobProgress(mmap.mmap(-1, BOARD_SIZE))  # for the server's watchdog
 
     def hand_over(self, job: DownloadJob, peer_socket: socket.socket, file_fd: int) -> None:
-        self.jobs.append(job)
+        self.offered.append(job)
 
     def publish_load(self, transfers: int) -> None:
         pass
@@ -283,7 +286,7 @@ async def test_a_client_on_this_host_gets_a_worker_that_follows_its_cpu(
         finally:
             listening.protocol.helper = None  # there is no process to stop
         assert writer.data == DATA * 100
-        assert [job.follow_client_cpu for job in catcher.jobs] == [follow]
+        assert [job.follow_client_cpu for job in catcher.offered] == [follow]
         assert asked == ([(HOST, HOST)] if follow else [])
     finally:
         stopped = service.stopService()
@@ -300,7 +303,7 @@ class ReportingHelper(JobCatcher):
         self.floor = floor
 
     def hand_over(self, job: DownloadJob, peer_socket: socket.socket, file_fd: int) -> int:
-        self.jobs.append(job)
+        self.offered.append(job)
         read_end, write_end = os.pipe()
         stats = TransferStats(started=0.0, finished=0.0, blocks=100, bytes=len(DATA) * 100)
         report = DownloadReport(Outcome.COMPLETE, stats, os.getpid(), self.floor)
@@ -330,7 +333,7 @@ async def test_the_next_download_for_a_host_starts_from_the_floor_the_last_one_l
                 if not server.transfers:
                     break
         server.helper = None  # there is no process to stop
-        first, second = (job.sender.min_rto for job in helper.jobs)
+        first, second = (job.sender.min_rto for job in helper.offered)
         assert first == server.limits.min_rto == 0.005
         assert second == expected  # what the first learned, at most SHARED_CAP
     finally:
