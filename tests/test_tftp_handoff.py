@@ -21,6 +21,7 @@ from twisted.internet.task import Clock
 
 from netsvc.spin import Spinner
 from netsvc.tftp import packets
+from netsvc.tftp.backend import FilesystemBackend
 from netsvc.tftp.downloader import (
     BOARD_JOBS_TAKEN,
     BOARD_SIZE,
@@ -32,9 +33,15 @@ from netsvc.tftp.downloader import (
 )
 from netsvc.tftp.engine import BlockSender, Outcome, TransferStats
 from netsvc.tftp.files import BackendError
-from netsvc.tftp.handoff import HELPER_PATIENCE, HelperWatchdog, JobProgress
+from netsvc.tftp.handoff import (
+    HELPER_PATIENCE,
+    HELPER_RESTART_INTERVAL,
+    HelperWatchdog,
+    JobProgress,
+)
 from netsvc.tftp.packets import ACK, ERROR, OACK, RRQ, ErrorCode, encode_data, parse
 from netsvc.tftp.server import SMALL_DOWNLOAD_BLOCKS
+from netsvc.tftp.server import TFTPServer as Server
 from tests.interop_support import HOST, TFTPServer
 
 T = TypeVar("T")
@@ -330,6 +337,44 @@ def test_the_watchdog_rests_once_every_job_is_taken() -> None:
     assert w.checks_due() == 0
 
 
+class DeadHelper:
+    """Stands in for a helper the server found dead (no process behind it)."""
+
+    def __init__(self) -> None:
+        self.jobs = JobProgress(mmap.mmap(-1, BOARD_SIZE))
+        self.gone = "Broken pipe"
+        self.abandoned = False
+
+    def abandon(self) -> None:
+        self.abandoned = True
+
+
+def test_helpers_that_keep_failing_are_replaced_at_most_once_per_interval(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    server = Server(clock, FilesystemBackend(str(tmp_path)))
+
+    def fail() -> float:
+        """A helper that is found dead; the delay of its replacement's start."""
+        helper = DeadHelper()
+        server.helper = helper  # type: ignore[assignment]
+        server.helper_gone(helper)  # type: ignore[arg-type]
+        assert helper.abandoned and server.helper is None
+        (restart,) = clock.getDelayedCalls()
+        server.helper_gone(helper)  # type: ignore[arg-type]  # found again: no second start
+        assert clock.getDelayedCalls() == [restart]
+        delay = restart.getTime() - clock.seconds()
+        clock.advance(delay)
+        return delay
+
+    assert fail() == 0.0  # the first at once
+    clock.advance(1.0)
+    assert fail() == HELPER_RESTART_INTERVAL - 1.0  # then one per interval at most
+    clock.advance(HELPER_RESTART_INTERVAL + 2.0)
+    assert fail() == 0.0
+
+
 # -- the real server ------------------------------------------------------------------------
 
 
@@ -450,7 +495,10 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., TFTPServer]]:
         root.mkdir(exist_ok=True)
         (root / "f").write_bytes(FILE)
         (root / "small").write_bytes(DATA)
-        server = TFTPServer(root, tmp_path / f"twistd{len(started)}.log", *flags).start()
+        server = TFTPServer(
+            root, tmp_path / f"twistd{len(started)}.log", *flags,
+            json_log=tmp_path / f"events{len(started)}.json",
+        ).start()
         started.append(server)
         return server
 
@@ -609,7 +657,7 @@ def test_a_download_in_a_worker_ends_when_its_client_has_gone(
     assert children(helper) == [worker]
 
 
-def test_without_its_helper_the_server_serves_downloads_itself(
+def test_a_helper_that_died_is_replaced_and_meanwhile_the_server_serves_downloads_itself(
     make_server: Callable[..., TFTPServer],
 ) -> None:
     server, helper = start_with_spares(make_server, 2)
@@ -617,8 +665,18 @@ def test_without_its_helper_the_server_serves_downloads_itself(
     os.kill(helper, signal.SIGKILL)
     for pid in workers:  # idle workers without their helper exit: no orphans
         wait_for(functools.partial(gone, pid))
-    for _ in range(2):
-        download_whole(server.port)
+    download_whole(server.port)  # finds it gone: served here
+    assert server.log().count("the download helper is gone") == 1
+    wait_for(lambda: helper_of(server) not in (None, helper))
+    replacement = helper_of(server)
+    assert replacement is not None
+    wait_for(lambda: len(children(replacement)) == 2 and all(map(ready, children(replacement))))
+    download_whole(server.port)
+    wait_for(lambda: len(server.events()) == 2)
+    events = server.json_events()
+    assert [e["outcome"] for e in events] == ["complete", "complete"]
+    assert events[0]["process"] is None  # served by the server itself
+    assert events[1]["process"] in children(replacement)  # by a spare of the new helper
     assert server.log().count("the download helper is gone") == 1
 
 
@@ -643,7 +701,7 @@ def test_a_helper_that_takes_no_downloads_is_replaced_and_its_downloads_go_on(
         wait_for(server.events, timeout=HELPER_PATIENCE + 3)
         assert time.monotonic() - asked_at > HELPER_PATIENCE - 0.2
         assert [e["outcome"] for e in server.events()] == ["aborted"]  # the job it never took
-        assert "took none of 1 download(s) in 2.0 s; replacing it" in server.log()
+        assert "took none of 1 download(s) in 2.0 s" in server.log()
         assert gone(helper)
         replacement = helper_of(server)
         assert replacement not in (None, helper)

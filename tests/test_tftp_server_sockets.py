@@ -252,6 +252,7 @@ class JobCatcher:
     def __init__(self) -> None:
         self.offered: list[DownloadJob] = []
         self.jobs = JobProgress(mmap.mmap(-1, BOARD_SIZE))  # for the server's watchdog
+        self.gone: str | None = None
 
     def hand_over(self, job: DownloadJob, peer_socket: socket.socket, file_fd: int) -> None:
         self.offered.append(job)

@@ -21,7 +21,6 @@ from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.main import CONNECTION_DONE
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from netsvc.tftp.downloader import (
@@ -34,6 +33,7 @@ from netsvc.tftp.downloader import (
 
 __all__ = [
     "HELPER_PATIENCE",
+    "HELPER_RESTART_INTERVAL",
     "DownloadHelper",
     "HelperState",
     "HelperWatchdog",
@@ -46,8 +46,10 @@ __all__ = [
 #: before the server replaces it. Taking a job costs it well under a millisecond (a
 #: fork, when no worker is idle, a few), so this is never a busy helper.
 HELPER_PATIENCE = 2.0
+#: Least seconds between two replacements of a helper (stuck or dead): one that fails at
+#: once is not restarted in a loop (a start costs a Python process, about 0.1 s of CPU).
+HELPER_RESTART_INTERVAL = 5.0
 
-_log = Logger()
 
 
 def can_hand_off() -> bool:
@@ -89,6 +91,8 @@ class DownloadHelper:
         ours.setblocking(False)  # a full socket means "serve it here", never a wait
         self._control: socket.socket | None = ours
         self.jobs = JobProgress(self._board)
+        #: Why the helper could not be reached (it died), once :meth:`hand_over` found it.
+        self.gone: str | None = None
 
     def publish_load(self, transfers: int) -> None:
         """Tell the running downloads how many transfers the server has: they poll awake
@@ -113,10 +117,7 @@ class DownloadHelper:
             return None
         except OSError as error:
             os.close(read_end)
-            _log.error(
-                "tftp: the download helper is gone ({error}); serving every download here",
-                error=error.strerror,
-            )
+            self.gone = error.strerror or str(error)
             self._forget()
             return None
         finally:

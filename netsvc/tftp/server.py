@@ -50,6 +50,7 @@ from netsvc.tftp.engine import (
 from netsvc.tftp.files import FilesystemReader
 from netsvc.tftp.floors import LearnedFloors
 from netsvc.tftp.handoff import (
+    HELPER_RESTART_INTERVAL,
     DownloadHelper,
     HelperWatchdog,
     JobProgress,
@@ -216,7 +217,9 @@ class TFTPServer(DatagramProtocol):
         self.helper: DownloadHelper | None = None
         #: Helpers replaced while downloads of theirs still ran: a stop reaches those too.
         self.retired_helpers: list[DownloadHelper] = []
-        self.helper_watchdog = HelperWatchdog(reactor, self._replace_helper)
+        self.helper_watchdog = HelperWatchdog(reactor, self._helper_stuck)
+        self._helper_replaced_at: float | None = None
+        self._helper_restart: IDelayedCall | None = None
         #: Retransmission floors that downloads learned, per client host: later
         #: downloads for that host start from them (:mod:`netsvc.tftp.floors`).
         self.learned_floors = LearnedFloors(reactor.seconds)
@@ -341,6 +344,7 @@ class TFTPServer(DatagramProtocol):
 
     def start_helper(self) -> None:
         """Start the process that runs downloads in processes of their own (if enabled)."""
+        self._helper_restart = None
         if self.processes and self.helper is None:
             try:
                 self.helper = DownloadHelper(self.spare_workers)
@@ -358,22 +362,42 @@ class TFTPServer(DatagramProtocol):
         if helper.jobs.running == 0 and helper in self.retired_helpers:
             self.retired_helpers.remove(helper)
 
-    def _replace_helper(self, jobs: JobProgress) -> None:
-        """The watchdog found the helper taking no downloads: start another in its place."""
+    def helper_gone(self, helper: DownloadHelper) -> None:
+        """``helper`` could not be reached: it died. Downloads are served here until
+        another has started."""
+        self._replace_helper(helper, f"is gone ({helper.gone})")
+
+    def _helper_stuck(self, jobs: JobProgress) -> None:
+        """The watchdog found the helper taking no downloads."""
         helper = self.helper
-        if helper is None or helper.jobs is not jobs:
+        if helper is not None and helper.jobs is jobs:
+            self._replace_helper(
+                helper,
+                f"took none of {jobs.waiting()} download(s) in"
+                f" {self.helper_watchdog.patience} s (those end unserved: their clients"
+                " ask again)",
+            )
+
+    def _replace_helper(self, helper: DownloadHelper, why: str) -> None:
+        """Retire ``helper`` and start another in its place: at once, or
+        :data:`HELPER_RESTART_INTERVAL` after the last replacement."""
+        if helper is not self.helper:
             return
+        now = self.reactor.seconds()
+        delay = 0.0
+        if self._helper_replaced_at is not None:
+            delay = max(0.0, self._helper_replaced_at + HELPER_RESTART_INTERVAL - now)
+        self._helper_replaced_at = now + delay
         self.log.error(
-            "tftp: the download helper took none of {waiting} download(s) in {seconds} s;"
-            " replacing it (those downloads end unserved: their clients ask again)",
-            waiting=jobs.waiting(),
-            seconds=self.helper_watchdog.patience,
+            "tftp: the download helper {why}; starting another in {delay:.1f} s",
+            why=why,
+            delay=delay,
         )
         helper.abandon()
-        if jobs.running:
+        if helper.jobs.running:
             self.retired_helpers.append(helper)
         self.helper = None
-        self.start_helper()
+        self._helper_restart = self.reactor.callLater(delay, self.start_helper)
 
     def shutdown(self) -> Deferred[None] | None:
         """Abort every transfer (the peers get ERROR 0; partial uploads are discarded).
@@ -384,6 +408,9 @@ class TFTPServer(DatagramProtocol):
         for transfer in list(self.transfers.values()):
             transfer.abort(ErrorCode.NOT_DEFINED, SHUTDOWN_MESSAGE)
         self.helper_watchdog.cancel()
+        if self._helper_restart is not None and self._helper_restart.active():
+            self._helper_restart.cancel()
+        self._helper_restart = None
         helpers = [*self.retired_helpers, *([self.helper] if self.helper else [])]
         self.helper, self.retired_helpers = None, []
         if not helpers:
@@ -620,6 +647,8 @@ class Transfer(EngineSession):
         )
         pipe = helper.hand_over(job, peer_socket, fd)
         if pipe is None:
+            if helper.gone is not None:
+                server.helper_gone(helper)
             return False
         self._helper = helper
         server.helper_watchdog.handed_over(helper.jobs)
