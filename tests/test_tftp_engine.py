@@ -397,6 +397,42 @@ def test_windowed_sender_rewinds_once_per_ack_value() -> None:
     assert len(sent) == 8
 
 
+def _block_numbers(datagrams: list[bytes]) -> list[int]:
+    return [struct.unpack("!HH", d[:4])[1] for d in datagrams]
+
+
+@pytest.mark.parametrize("echoes", [1, 4], ids=["one-echo", "an-echo-per-duplicate"])
+def test_the_echo_of_a_resent_window_does_not_rewind_the_next(echoes: int) -> None:
+    """A timeout resent window 1-4 that was only late. The peer acknowledges the first
+    copy (ACK 4) and gets the window 5-8; then the copies of 1-4 reach it, and a peer
+    that answers a duplicate with its last in-order block (atftp does) sends ACK 4
+    again. That echo is no gap report: rewinding for it would send 5-8 twice, whose
+    copies would draw ACK 8 twice, and so on: every window twice for the rest of the
+    transfer, from one late ACK."""
+    sent: list[bytes] = []
+    data = iter([bytes([n]) * 512 for n in range(1, 13)] + [b""])  # blocks 1-13
+    sender = BlockSender(sent.append, lambda n: next(data), now=0.0, windowsize=4)
+    sender.on_timeout(1.5)
+    sender.on_ack(4, 1.6)  # the first copy's ACK
+    for _ in range(echoes):
+        sender.on_ack(4, 1.61)  # the copies' echo
+    sender.on_ack(8, 1.7)
+    sender.on_ack(12, 1.8)
+    sender.on_ack(13, 1.9)
+    assert sender.outcome is Outcome.COMPLETE
+    assert _block_numbers(sent) == [1, 2, 3, 4] * 2 + list(range(5, 14))
+    assert sender.stats.retransmits == 4
+
+
+def test_a_gap_report_after_a_clean_window_still_rewinds() -> None:
+    sent: list[bytes] = []
+    data = iter([bytes([n]) * 512 for n in range(1, 9)] + [b""])  # blocks 1-9
+    sender = BlockSender(sent.append, lambda n: next(data), now=0.0, windowsize=4)
+    sender.on_ack(4, 0.01)  # 1-4 arrived, never resent: 5-8 go out
+    sender.on_ack(4, 0.02)  # 5 was lost: the peer reports the gap
+    assert _block_numbers(sent) == [1, 2, 3, 4, 5, 6, 7, 8, 5, 6, 7, 8]
+
+
 def test_receiver_reacks_every_duplicate_of_its_last_block() -> None:
     sent: list[bytes] = []
     receiver = BlockReceiver(sent.append, lambda p: True, now=0.0, preamble=encode_ack(0))

@@ -212,6 +212,27 @@ def test_the_child_sends_a_window_at_once(pair: tuple[socket.socket, socket.sock
     assert engine.outcome is Outcome.COMPLETE
 
 
+def test_a_window_to_a_client_that_has_gone_ends_the_download_at_once(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """The client's port closes after the first window: the next window's first block
+    comes back as ICMP port unreachable, which fails the send of the second one (the
+    error is reported once, to whichever call comes next). It must still end the
+    download as peer-gone, not leave it retrying until it gives up."""
+    server, client = pair
+    window = DownloadJob(settings(windowsize=8), size=len(FILE), netascii=False,
+                         max_duration=None)
+    started = time.monotonic()
+    finished = in_thread(lambda: drive_download(window, server, io.BytesIO(FILE).read))
+    for _ in range(8):
+        client.recv(1024)
+    client.send(struct.pack("!HH", 4, 8))
+    client.close()
+    engine = finished()
+    assert engine.outcome is Outcome.PEER_GONE
+    assert time.monotonic() - started < 2.0  # give_up_after is 5 s
+
+
 class CountingSpinner(Spinner):
     def __init__(self) -> None:
         super().__init__()

@@ -59,12 +59,43 @@ def test_send_all_sends_a_window_in_order() -> None:
             lockstep.send_all(ours.fileno(), [b"ok", "not bytes"])  # type: ignore[list-item]
 
 
-def test_send_all_stops_at_the_first_datagram_that_fails() -> None:
+def test_send_all_stops_at_a_datagram_that_cannot_go() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with ours, theirs:
+        ours.setblocking(False)
+        window = [bytes(516)] * 2000  # more than the receiver's queue holds: EAGAIN
+        assert lockstep.send_all is not None
+        sent = lockstep.send_all(ours.fileno(), window)
+        assert 0 < sent < len(window)
+        assert lockstep.send_all(ours.fileno(), window) == 0  # still full
+
+
+def test_send_all_raises_for_a_peer_that_has_gone() -> None:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with ours:
-        theirs.close()  # nobody to send to: the first send fails
+        theirs.close()  # the first send fails with ECONNREFUSED
         assert lockstep.send_all is not None
-        assert lockstep.send_all(ours.fileno(), [b"a", b"b"]) == 0
+        with pytest.raises(ConnectionRefusedError):
+            lockstep.send_all(ours.fileno(), [b"a", b"b"])
+
+
+def test_send_all_leaves_a_closed_udp_port_for_a_recv_to_report() -> None:
+    """The ICMP port unreachable answering one datagram fails the send of the next, once:
+    send_all must not swallow it (a download would never learn that its client left)."""
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    address = closed.getsockname()
+    closed.close()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ours:
+        ours.connect(address)
+        assert lockstep.send_all is not None
+        try:
+            lockstep.send_all(ours.fileno(), [bytes(516)] * 8)
+        except ConnectionRefusedError:
+            return  # reported at once
+        ours.settimeout(2)
+        with pytest.raises(ConnectionRefusedError):
+            ours.recv(1024)
 
 
 def test_the_timer_arithmetic_is_the_python_timers() -> None:

@@ -667,8 +667,9 @@ static PyObject *running_tasks_py(PyObject *module, PyObject *args)
 PyDoc_STRVAR(send_all_doc,
              "send_all(fd, datagrams) -> int\n\n"
              "Send each datagram of the list on the connected socket fd, in order, with\n"
-             "sendmmsg: how many went out (it stops at the first that fails: a lost packet,\n"
-             "for the timers to recover, as with send).");
+             "sendmmsg: how many went out. A datagram that cannot go (EAGAIN, ENOBUFS...)\n"
+             "ends it, a lost packet for the timers to recover, as with send; a closed\n"
+             "peer port (ECONNREFUSED) raises ConnectionRefusedError.");
 
 static PyObject *send_all(PyObject *module, PyObject *args)
 {
@@ -681,6 +682,7 @@ static PyObject *send_all(PyObject *module, PyObject *args)
     struct mmsghdr messages[SEND_ALL_BATCH];
     struct iovec parts[SEND_ALL_BATCH];
     Py_ssize_t done = 0;
+    int refused = 0;
     while (done < count) {
         int batch = 0;
         for (; batch < SEND_ALL_BATCH && done + batch < count; batch++) {
@@ -702,11 +704,22 @@ static PyObject *send_all(PyObject *module, PyObject *args)
             sent = sendmmsg(fd, messages, (unsigned int)batch, 0);
         } while (sent < 0 && errno == EINTR);
         Py_END_ALLOW_THREADS
-        if (sent <= 0)
+        if (sent < 0) {
+            refused = errno == ECONNREFUSED;
             break;
+        }
+        if (sent == 0)
+            break;
+        /* A short count: a message failed and sendmmsg kept its error to itself. Go on
+         * from that message: an error that lasts fails the next call at once, with its
+         * errno. One that does not is the peer's closed port: the ICMP answer to one
+         * message is reported once, to the send of the next, and lost there; the next
+         * calls meet it again and leave it pending for a recv to report. */
         done += sent;
-        if (sent < batch)
-            break;
+    }
+    if (refused) {
+        errno = ECONNREFUSED;
+        return PyErr_SetFromErrno(PyExc_OSError); /* ConnectionRefusedError */
     }
     return PyLong_FromSsize_t(done);
 }

@@ -334,7 +334,13 @@ def drive_download(
     # A window in one system call (sendmmsg) rather than one per block.
     send_many: Callable[[list[bytes]], object] | None = None
     if lockstep.send_all is not None and job.sender.windowsize > 1:
-        send_many = functools.partial(lockstep.send_all, peer_socket.fileno())
+        send_all = functools.partial(lockstep.send_all, peer_socket.fileno())
+
+        def send_many(datagrams: list[bytes]) -> None:
+            try:
+                send_all(datagrams)
+            except ConnectionRefusedError:
+                refused.append(True)
     engine = job.sender.new_sender(send, read_block, clock(), send_many)
     stop_at = math.inf if job.max_duration is None else clock() + job.max_duration
     setsockopt = peer_socket.setsockopt

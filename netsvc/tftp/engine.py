@@ -16,7 +16,9 @@ What the engines guarantee:
   file that is an exact multiple of blksize ends with an empty block, and 0 bytes is one
   empty block.
 * No Sorcerer's Apprentice: a duplicate ACK never makes the sender retransmit in lock-step;
-  in windowed mode an ACK that does not advance the window rewinds it at most once.
+  in windowed mode an ACK that does not advance the window rewinds it at most once, and
+  never when it repeats an ACK that acknowledged blocks sent twice (the peer's answer to
+  the copies, as atftp gives it, not a gap in the next window).
 * The receiver re-acknowledges every duplicate of the block it acknowledged last, and
   after the final block it dallies (stays to re-acknowledge a retransmitted last block).
 * Retransmission is adaptive (RFC 1123 4.2.3.2): each transfer estimates its round-trip
@@ -508,6 +510,14 @@ class BlockSender(_Engine):
                 self.timer.sample(now - sent_at)
             else:
                 self.timer.progressed()
+            if self.windowsize > 1 and min(self._sent_at[:done]) < 0:
+                # Blocks up to ``acked`` went out twice (a timeout or a rewind): copies
+                # the peer did not need reach it after this ACK, and a peer that answers
+                # a duplicate with its last in-order block (atftp does) sends this ACK
+                # again. That echo is no gap report: a rewind for it would send the next
+                # window twice, whose copies would draw the next echo, and so on for
+                # every window after. A real gap right here waits for the timer.
+                self._rewound_at = acked
             del self._sent_at[:done]
             acknowledged = self._window[:done]
             del self._window[:done]

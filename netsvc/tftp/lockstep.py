@@ -54,7 +54,7 @@ __all__ = ["PumpState", "Reason", "available", "pump", "send_all"]
 #: Whether the C module is there (it is built by ``pip install`` where a compiler is).
 available = _lockstep is not None
 #: ``send_all(fd, datagrams)``: a window's datagrams in one ``sendmmsg`` (how many went
-#: out); ``None`` without the C module.
+#: out; ``ConnectionRefusedError`` for a closed peer port); ``None`` without the C module.
 send_all = _lockstep.send_all if _lockstep is not None else None
 
 

@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""A bounded soak of the TFTP server under messy load: does every download end, and right?
+
+Not a speed benchmark: a check for what the timed rows cannot see. The helper hang of the
+thirteenth session (docs/benchmarks.rst) showed only with clients started from a shell, in
+a rhythm the benches did not have. For ``--seconds``, this keeps ``--concurrency`` real
+clients running against one netsvc server (curl, atftp, busybox, tftp-hpa; files of many
+sizes; blksizes 512 to 8192; atftp sometimes with a window), and kills a share of them at
+a random moment (``--kill-share``). ``--stop-helper-every S`` also stops the download
+helper with SIGSTOP every S seconds, to exercise the server's watchdog, which replaces it
+(docs/tftp-server.rst); the clients whose downloads it held must ask again and succeed.
+
+It fails (exit status 1) when a client that was not killed failed or got wrong bytes, when
+a client ran into its own time limit (``--client-timeout``: stuck), or when the server
+still held transfers at the end: after the clients, it waits until the server's log has
+stopped growing, then stops it; every transfer it aborts then was left behind.
+
+Examples:
+  .venv/bin/python bench/tftp_stress.py                       # 60 s, 40 clients at a time
+  .venv/bin/python bench/tftp_stress.py --seconds 120 --stop-helper-every 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tftp_bench as tb  # the bench's server process, files and clients
+
+SIZES = (0, 1, 511, 512, 513, 3 * 65536 + 1000, tb.MIB, 3 * tb.MIB + 7)
+BLKSIZES = (512, 1024, 1468, 8192)
+WINDOWS = (None, None, 4, 16)  # atftp only
+CLIENTS: tuple[tb.Client, ...] = (tb.Curl(), tb.Atftp(), tb.Busybox(), tb.HpaTftp())
+KILL_WITHIN = 0.3  # a killed client dies within this many seconds of its start
+QUIET_LOG = 3.0  # the server's log unchanged this long: its transfers have ended
+LONGEST_DRAIN = 45.0  # more than the server's 30 s idle timeout
+EVENT = re.compile(r"tftp read '[^']*' \S+: (?P<outcome>[a-z-]+)")  # a text log's event line
+
+
+@dataclass
+class Running:
+    kind: str
+    options: str  # blksize, and the window if any
+    file: tb.TestFile
+    local: Path
+    proc: subprocess.Popen[bytes]
+    started: float
+    kill_at: float | None
+
+
+@dataclass
+class Tally:
+    launched: collections.Counter[str] = field(default_factory=collections.Counter)
+    ok: collections.Counter[str] = field(default_factory=collections.Counter)
+    killed: collections.Counter[str] = field(default_factory=collections.Counter)
+    failures: list[str] = field(default_factory=list)
+    stuck: list[str] = field(default_factory=list)
+
+
+def start_client(
+    rng: random.Random, port: int, files: list[tb.TestFile], out: Path, serial: int,
+    kill_share: float, client_timeout: float,
+) -> Running:
+    client = rng.choice(CLIENTS)
+    file = rng.choice(files)
+    blksize = 512 if isinstance(client, tb.HpaTftp) else rng.choice(BLKSIZES)
+    window = rng.choice(WINDOWS) if client.windowed else None
+    local = out / f"{serial}.{client.name}"
+    download = tb.Download(port, file.name, str(local), blksize, window, client_timeout)
+    # Its messages to a file: a pipe read only at the end fills up (atftp writes a line
+    # per out-of-order block) and stops the client in write(), a hang of our making.
+    with open(f"{local}.err", "wb") as messages:
+        proc = subprocess.Popen(
+            client.argv(download), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=messages, cwd=out,
+        )
+    now = time.monotonic()
+    kill_at = now + rng.uniform(0, KILL_WITHIN) if rng.random() < kill_share else None
+    options = f"b{blksize}" + (f"w{window}" if window else "")
+    return Running(client.name, options, file, local, proc, now, kill_at)
+
+
+def settle(client: Running, tally: Tally, now: float, client_timeout: float) -> bool:
+    """Kill, time out or judge ``client``; whether it is done."""
+    if client.kill_at is not None and now >= client.kill_at and client.proc.poll() is None:
+        client.proc.kill()
+        client.proc.wait()
+        tally.killed[client.kind] += 1
+        discard(client)
+        return True
+    if client.proc.poll() is None:
+        if now - client.started > client_timeout + 5:
+            client.proc.kill()
+            client.proc.wait()
+            tally.stuck.append(f"{client.kind} {client.options} {client.file.name}, started "
+                               f"{client.started:.1f}")
+            discard(client)
+            return True
+        return False
+    stderr = Path(f"{client.local}.err").read_text(errors="replace")
+    if client.kill_at is not None and client.proc.returncode < 0:
+        tally.killed[client.kind] += 1
+    elif client.proc.returncode != 0:
+        tally.failures.append(f"{client.kind} {client.options} {client.file.name}: exit "
+                              f"{client.proc.returncode} {stderr.strip()[-200:]}")
+    elif not client.local.exists() or tb.sha256_of(client.local) != client.file.sha256:
+        tally.failures.append(f"{client.kind} {client.options} {client.file.name}: wrong bytes")
+    else:
+        tally.ok[client.kind] += 1
+    discard(client)
+    return True
+
+
+def discard(client: Running) -> None:
+    """Delete what ``client`` wrote: the download and its messages."""
+    client.local.unlink(missing_ok=True)
+    Path(f"{client.local}.err").unlink(missing_ok=True)
+
+
+def helper_of(server_pid: int) -> int | None:
+    """The pid of the server's download helper (python -m netsvc.tftp.workers)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                command = cmdline.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == server_pid and b"netsvc.tftp.workers" in command:
+            return int(entry)
+    return None
+
+
+def outcomes(log_text: str) -> list[str]:
+    """The outcome of each transfer event in a server log, JSON lines or text."""
+    found = []
+    for line in log_text.splitlines():
+        start = line.find("{")
+        if start >= 0:
+            try:
+                event = json.loads(line[start:])
+            except ValueError:
+                event = None
+            if isinstance(event, dict):
+                if "outcome" in event and "direction" in event:
+                    found.append(str(event["outcome"]))
+                continue
+        match = EVENT.search(line)
+        if match:
+            found.append(match["outcome"])
+    return found
+
+
+def server_log(server: tb.ServerProcess) -> str:
+    """What the server has logged since its start (its output goes straight to the file)."""
+    with open(server.log_path, encoding="utf-8", errors="replace") as f:
+        f.seek(server.log_start)
+        return f.read()
+
+
+def wait_for_quiet_log(server: tb.ServerProcess) -> float:
+    """Wait until the server's log stops growing (at most LONGEST_DRAIN); seconds waited."""
+    started = time.monotonic()
+    size, changed = -1, started
+    while time.monotonic() - started < LONGEST_DRAIN:
+        now_size = os.path.getsize(server.log_path)
+        if now_size != size:
+            size, changed = now_size, time.monotonic()
+        elif time.monotonic() - changed >= QUIET_LOG:
+            break
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--concurrency", type=int, default=40)
+    parser.add_argument("--kill-share", type=float, default=0.15)
+    parser.add_argument("--stop-helper-every", type=float, default=0.0, metavar="S")
+    parser.add_argument("--client-timeout", type=float, default=60.0)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--server-log", type=Path, default=None, help="keep the server's log here")
+    args = parser.parse_args()
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    rng = random.Random(seed)
+    missing = [c.program for c in CLIENTS if c.unavailable()]
+    if missing:
+        tb.log(f"missing clients: {', '.join(missing)}")
+        return 2
+    with tempfile.TemporaryDirectory(prefix="tftp-stress-") as scratch:
+        root, out = Path(scratch, "root"), Path(scratch, "out")
+        root.mkdir()
+        out.mkdir()
+        root.chmod(0o755)
+        files = [tb.make_file(root, f"s{size}", size) for size in SIZES]
+        probe = tb.make_file(root, tb.PROBE_FILE, tb.PROBE_SIZE)
+        # The per-address request limit would hold back one address's flood of requests,
+        # as it must a real one.
+        spec = tb.ServerSpec("netsvc", tb.BUILTIN_SERVERS["netsvc"] + " --request-rate 100000")
+        tally, stops = Tally(), 0
+        with tb.running_server(spec, root, probe, Path(scratch)) as server:
+            running: list[Running] = []
+            started = time.monotonic()
+            next_stop = started + args.stop_helper_every if args.stop_helper_every else None
+            serial = 0
+            while True:
+                now = time.monotonic()
+                running = [c for c in running if not settle(c, tally, now, args.client_timeout)]
+                if now - started >= args.seconds:
+                    if not running:
+                        break
+                else:
+                    while len(running) < args.concurrency:
+                        serial += 1
+                        client = start_client(rng, server.port, files, out, serial,
+                                              args.kill_share, args.client_timeout)
+                        tally.launched[client.kind] += 1
+                        running.append(client)
+                if next_stop is not None and now >= next_stop:
+                    helper = helper_of(server.proc.pid)
+                    if helper is not None:
+                        os.kill(helper, signal.SIGSTOP)
+                        stops += 1
+                    next_stop = now + args.stop_helper_every
+                time.sleep(0.005)
+            elapsed = time.monotonic() - started
+            drained = wait_for_quiet_log(server)
+            before_stop = len(outcomes(server_log(server)))
+        log_text = server_log(server)
+    if args.server_log is not None:
+        args.server_log.write_text(log_text)
+    ended = outcomes(log_text)
+    left_behind = len(ended) - before_stop
+    replaced = sum("tftp: the download helper" in line for line in log_text.splitlines())
+    tb.log(f"seed {seed}: {sum(tally.launched.values())} clients in {elapsed:.1f} s "
+           f"(drained in {drained:.1f} s), helper stopped {stops} times, replaced {replaced}")
+    for kind in sorted(tally.launched):
+        tb.log(f"  {kind:8} launched {tally.launched[kind]:5}  ok {tally.ok[kind]:5}  "
+               f"killed {tally.killed[kind]:4}")
+    tb.log(f"  server outcomes: {dict(sorted(collections.Counter(ended).items()))}")
+    for line in tally.failures[:20]:
+        tb.log(f"  FAILED {line}")
+    for line in tally.stuck[:20]:
+        tb.log(f"  STUCK {line}")
+    if left_behind:
+        tb.log(f"  {left_behind} transfers were still held when the server was stopped")
+    good = not tally.failures and not tally.stuck and not left_behind
+    tb.log(f"SUMMARY tftp_stress seed={seed} clients={sum(tally.launched.values())} "
+           f"ok={sum(tally.ok.values())} killed={sum(tally.killed.values())} "
+           f"failed={len(tally.failures)} stuck={len(tally.stuck)} left={left_behind} "
+           f"helper_stops={stops} replaced={replaced} {'PASS' if good else 'FAIL'}")
+    return 0 if good else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
