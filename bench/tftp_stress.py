@@ -6,11 +6,14 @@ thirteenth session (docs/benchmarks.rst) showed only with clients started from a
 a rhythm the benches did not have. For ``--seconds``, this keeps ``--concurrency`` real
 clients running against one netsvc server (curl, atftp, busybox, tftp-hpa; files of many
 sizes; blksizes 512 to 8192; atftp sometimes with a window), and kills a share of them at
-a random moment (``--kill-share``). ``--stop-helper-every S`` also stops the download
+a random moment (``--kill-share``). ``--upload-share`` of the clients upload instead
+(the server is writable; each upload to a name of its own): every stored file must equal
+what was sent, and no temporary file may be left. ``--stop-helper-every S`` also stops the download
 helper with SIGSTOP every S seconds, to exercise the server's watchdog, which replaces it
 (docs/tftp-server.rst); the clients whose downloads it held must ask again and succeed.
 
-It fails (exit status 1) when a client that was not killed failed or got wrong bytes, when
+It fails (exit status 1) when a client that was not killed failed or got wrong bytes (or
+stored them), when an upload's temporary file is left after the server's stop, when
 a client ran into its own time limit (``--client-timeout``: stuck), or when the server
 still held transfers at the end: after the clients, it waits until the server's log has
 stopped growing, then stops it; every transfer it aborts then was left behind.
@@ -39,13 +42,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tftp_bench as tb  # the bench's server process, files and clients
 
+sys.path.insert(0, str(tb.REPO_DIR))
+from netsvc.tftp.files import TEMP_SUFFIX
+
 SIZES = (0, 1, 511, 512, 513, 3 * 65536 + 1000, tb.MIB, 3 * tb.MIB + 7)
 BLKSIZES = (512, 1024, 1468, 8192)
 WINDOWS = (None, None, 4, 16)  # atftp only
 CLIENTS: tuple[tb.Client, ...] = (tb.Curl(), tb.Atftp(), tb.Busybox(), tb.HpaTftp())
 KILL_WITHIN = 0.3  # a killed client dies within this many seconds of its start
-QUIET_LOG = 3.0  # the server's log unchanged this long: its transfers have ended
-LONGEST_DRAIN = 45.0  # more than the server's 30 s idle timeout
+IDLE_TIMEOUT = 8  # the server's, shortened: a killed client's upload with a window (no
+# peer-gone for those) waits for it, and so does the drain
+QUIET_LOG = IDLE_TIMEOUT + 1.0  # the server's log unchanged this long: its transfers ended
+LONGEST_DRAIN = 60.0
 EVENT = re.compile(r"tftp read '[^']*' \S+: (?P<outcome>[a-z-]+)")  # a text log's event line
 
 
@@ -54,7 +62,9 @@ class Running:
     kind: str
     options: str  # blksize, and the window if any
     file: tb.TestFile
-    local: Path
+    local: Path  # the download's copy; for an upload, what it should store
+    stored: Path | None  # an upload's file in the server's root
+    messages: Path  # its standard error
     proc: subprocess.Popen[bytes]
     started: float
     kill_at: float | None
@@ -69,27 +79,51 @@ class Tally:
     stuck: list[str] = field(default_factory=list)
 
 
+def upload_argv(kind: str, d: tb.Download) -> list[str]:
+    """The command that uploads ``d.local`` as ``d.remote`` (tftp_bench's clients download)."""
+    address = [tb.HOST, str(d.port)]
+    if kind == "curl":
+        return ["curl", "-s", "-S", "-T", d.local, "--tftp-blksize", str(d.blksize),
+                "-m", str(int(d.timeout)), f"tftp://{tb.HOST}:{d.port}/{d.remote}"]
+    if kind == "atftp":
+        window = ["--option", f"windowsize {d.windowsize}"] if d.windowsize else []
+        return ["atftp", "--option", f"blksize {d.blksize}", *window, "-p", "-r", d.remote,
+                "-l", d.local, *address]
+    if kind == "busybox":
+        return ["busybox", "tftp", "-b", str(d.blksize), "-p", "-r", d.remote, "-l", d.local,
+                *address]
+    return ["tftp", "-m", "binary", *address, "-c", "put", d.local, d.remote]
+
+
 def start_client(
-    rng: random.Random, port: int, files: list[tb.TestFile], out: Path, serial: int,
-    kill_share: float, client_timeout: float,
+    rng: random.Random, port: int, files: list[tb.TestFile], root: Path, out: Path,
+    serial: int, args: argparse.Namespace,
 ) -> Running:
     client = rng.choice(CLIENTS)
     file = rng.choice(files)
     blksize = 512 if isinstance(client, tb.HpaTftp) else rng.choice(BLKSIZES)
     window = rng.choice(WINDOWS) if client.windowed else None
-    local = out / f"{serial}.{client.name}"
-    download = tb.Download(port, file.name, str(local), blksize, window, client_timeout)
+    uploading = rng.random() < args.upload_share
+    if uploading:
+        remote, local, stored = f"up-{serial}", file.path, root / f"up-{serial}"
+        download = tb.Download(port, remote, str(local), blksize, window, args.client_timeout)
+        argv = upload_argv(client.name, download)
+    else:
+        local, stored = out / f"{serial}.{client.name}", None
+        download = tb.Download(port, file.name, str(local), blksize, window,
+                               args.client_timeout)
+        argv = client.argv(download)
     # Its messages to a file: a pipe read only at the end fills up (atftp writes a line
     # per out-of-order block) and stops the client in write(), a hang of our making.
-    with open(f"{local}.err", "wb") as messages:
+    with open(out / f"{serial}.err", "wb") as messages:
         proc = subprocess.Popen(
-            client.argv(download), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=messages, cwd=out,
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=messages, cwd=out
         )
     now = time.monotonic()
-    kill_at = now + rng.uniform(0, KILL_WITHIN) if rng.random() < kill_share else None
-    options = f"b{blksize}" + (f"w{window}" if window else "")
-    return Running(client.name, options, file, local, proc, now, kill_at)
+    kill_at = now + rng.uniform(0, KILL_WITHIN) if rng.random() < args.kill_share else None
+    options = ("put " if uploading else "") + f"b{blksize}" + (f"w{window}" if window else "")
+    return Running(client.name, options, file, local, stored, out / f"{serial}.err", proc,
+                   now, kill_at)
 
 
 def settle(client: Running, tally: Tally, now: float, client_timeout: float) -> bool:
@@ -109,13 +143,14 @@ def settle(client: Running, tally: Tally, now: float, client_timeout: float) -> 
             discard(client)
             return True
         return False
-    stderr = Path(f"{client.local}.err").read_text(errors="replace")
+    stderr = client.messages.read_text(errors="replace")
+    result = client.local if client.stored is None else client.stored
     if client.kill_at is not None and client.proc.returncode < 0:
         tally.killed[client.kind] += 1
     elif client.proc.returncode != 0:
         tally.failures.append(f"{client.kind} {client.options} {client.file.name}: exit "
                               f"{client.proc.returncode} {stderr.strip()[-200:]}")
-    elif not client.local.exists() or tb.sha256_of(client.local) != client.file.sha256:
+    elif not result.exists() or tb.sha256_of(result) != client.file.sha256:
         tally.failures.append(f"{client.kind} {client.options} {client.file.name}: wrong bytes")
     else:
         tally.ok[client.kind] += 1
@@ -124,9 +159,14 @@ def settle(client: Running, tally: Tally, now: float, client_timeout: float) -> 
 
 
 def discard(client: Running) -> None:
-    """Delete what ``client`` wrote: the download and its messages."""
-    client.local.unlink(missing_ok=True)
-    Path(f"{client.local}.err").unlink(missing_ok=True)
+    """Delete what ``client`` wrote: its download or upload, and its messages. (A killed
+    upload's file may still come: the server may have had it whole. The end's check of
+    the root judges those.)"""
+    if client.stored is None:
+        client.local.unlink(missing_ok=True)
+    else:
+        client.stored.unlink(missing_ok=True)
+    client.messages.unlink(missing_ok=True)
 
 
 def helper_of(server_pid: int) -> int | None:
@@ -166,6 +206,24 @@ def outcomes(log_text: str) -> list[str]:
     return found
 
 
+def judge_root(root: Path, sources: dict[str, tb.TestFile]) -> list[str]:
+    """What is wrong in the server's root once every transfer has ended: a temporary file
+    (an upload not cleaned up), or a stored upload that is not one of the sources whole
+    (those of killed clients, stored because the server had them complete, are deleted
+    here)."""
+    problems = []
+    by_digest = {f.sha256 for f in sources.values()}
+    for path in sorted(root.iterdir()):
+        if path.name in sources:
+            continue
+        if path.name.endswith(TEMP_SUFFIX):
+            problems.append(f"{path.name}: a temporary file")
+        elif tb.sha256_of(path) not in by_digest:
+            problems.append(f"{path.name}: {path.stat().st_size} bytes, none of the sources")
+        path.unlink()
+    return problems
+
+
 def server_log(server: tb.ServerProcess) -> str:
     """What the server has logged since its start (its output goes straight to the file)."""
     with open(server.log_path, encoding="utf-8", errors="replace") as f:
@@ -192,9 +250,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--concurrency", type=int, default=40)
     parser.add_argument("--kill-share", type=float, default=0.15)
+    parser.add_argument("--upload-share", type=float, default=0.2)
     parser.add_argument("--stop-helper-every", type=float, default=0.0, metavar="S")
     parser.add_argument("--client-timeout", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--server-flag", action="append", default=[], metavar="FLAG",
+                        help="one more option for netsvc-tftp, e.g. --server-flag=--one-process")
     parser.add_argument("--server-log", type=Path, default=None, help="keep the server's log here")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
@@ -212,7 +273,12 @@ def main() -> int:
         probe = tb.make_file(root, tb.PROBE_FILE, tb.PROBE_SIZE)
         # The per-address request limit would hold back one address's flood of requests,
         # as it must a real one.
-        spec = tb.ServerSpec("netsvc", tb.BUILTIN_SERVERS["netsvc"] + " --request-rate 100000")
+        spec = tb.ServerSpec(
+            "netsvc",
+            tb.BUILTIN_SERVERS["netsvc"]
+            + f" --writable --request-rate 100000 --idle-timeout {IDLE_TIMEOUT}"
+            + "".join(f" {flag}" for flag in args.server_flag)
+        )
         tally, stops = Tally(), 0
         with tb.running_server(spec, root, probe, Path(scratch)) as server:
             running: list[Running] = []
@@ -228,8 +294,7 @@ def main() -> int:
                 else:
                     while len(running) < args.concurrency:
                         serial += 1
-                        client = start_client(rng, server.port, files, out, serial,
-                                              args.kill_share, args.client_timeout)
+                        client = start_client(rng, server.port, files, root, out, serial, args)
                         tally.launched[client.kind] += 1
                         running.append(client)
                 if next_stop is not None and now >= next_stop:
@@ -243,6 +308,8 @@ def main() -> int:
             drained = wait_for_quiet_log(server)
             before_stop = len(outcomes(server_log(server)))
         log_text = server_log(server)
+        # After the stop: it must have deleted what it had not stored whole.
+        leftovers = judge_root(root, {f.name: f for f in [*files, probe]})
     if args.server_log is not None:
         args.server_log.write_text(log_text)
     ended = outcomes(log_text)
@@ -260,10 +327,13 @@ def main() -> int:
         tb.log(f"  STUCK {line}")
     if left_behind:
         tb.log(f"  {left_behind} transfers were still held when the server was stopped")
-    good = not tally.failures and not tally.stuck and not left_behind
+    for line in leftovers[:20]:
+        tb.log(f"  LEFT IN ROOT {line}")
+    good = not tally.failures and not tally.stuck and not left_behind and not leftovers
     tb.log(f"SUMMARY tftp_stress seed={seed} clients={sum(tally.launched.values())} "
            f"ok={sum(tally.ok.values())} killed={sum(tally.killed.values())} "
            f"failed={len(tally.failures)} stuck={len(tally.stuck)} left={left_behind} "
+           f"bad_files={len(leftovers)} "
            f"helper_stops={stops} replaced={replaced} {'PASS' if good else 'FAIL'}")
     return 0 if good else 1
 

@@ -705,9 +705,9 @@ def test_a_helper_that_takes_no_downloads_is_replaced_and_its_downloads_go_on(
     make_server: Callable[..., TFTPServer],
 ) -> None:
     """A helper that stopped taking jobs (stopped here with SIGSTOP) is killed and
-    replaced after HELPER_PATIENCE. The download it never took ends, and its client's
-    next request is served by the new helper; the old helper's workers finish their
-    downloads and report, and a stop of the server still reaches them."""
+    replaced after HELPER_PATIENCE. The download it never took starts again, without
+    its client asking again; the old helper's workers finish their downloads and report,
+    and a stop of the server still reaches them."""
     server, helper = start_with_spares(make_server, 0)
     assert server.process is not None
     finishing, finishing_transfer = start_download(server.port)
@@ -723,12 +723,13 @@ def test_a_helper_that_takes_no_downloads_is_replaced_and_its_downloads_go_on(
         assert time.monotonic() - asked_at > HELPER_PATIENCE - 0.2
         assert [e["outcome"] for e in server.events()] == ["aborted"]  # the job it never took
         assert "took none of 1 download(s) in 2.0 s" in server.log()
+        lost_attempt = server.json_events()[0]
+        assert lost_attempt["error_message"] == "its helper never took it: served again"
         assert gone(helper)
-        replacement = helper_of(server)
-        assert replacement not in (None, helper)
-
-        client, transfer = start_download(server.port, lost)  # it asks again
-        assert finish_download(client, transfer) == FILE
+        datagram, transfer = lost.recvfrom(1024)  # served again, unasked
+        assert datagram[:4] == b"\x00\x03\x00\x01"
+        assert finish_download(lost, transfer) == FILE
+        assert helper_of(server) not in (None, helper)
         assert finish_download(finishing, finishing_transfer) == FILE
         wait_for(lambda: len(server.events()) == 3)
         assert [e["outcome"] for e in server.events()][1:] == ["complete", "complete"]

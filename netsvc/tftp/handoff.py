@@ -182,6 +182,9 @@ class JobProgress:
         #: Jobs handed over; of those, the ones whose report pipe is still open.
         self.handed = 0
         self.running = 0
+        #: Once the helper is replaced: how many it had taken. Jobs are taken in the
+        #: order they were handed over (one socket), so the later ones never started.
+        self.taken_at_end: int | None = None
         self._checked = (0, 0)  # (handed, taken) at the last check()
 
     def taken(self) -> int:
@@ -189,6 +192,11 @@ class JobProgress:
 
     def waiting(self) -> int:
         return self.handed - self.taken()
+
+    def never_taken(self, index: int) -> bool:
+        """Whether job number ``index`` (0: the first handed over) was lost untaken with a
+        helper that has been replaced: its client has heard nothing yet."""
+        return self.taken_at_end is not None and index >= self.taken_at_end
 
     def check(self) -> HelperState:
         """Compare with the previous call: :attr:`HelperState.STUCK` when jobs that

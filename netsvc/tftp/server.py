@@ -296,12 +296,22 @@ class TFTPServer(DatagramProtocol):
             self.counters["busy"] += 1
             self.refuse(addr, ErrorCode.NOT_DEFINED, BUSY_MESSAGE)
             return
+        self._start_transfer(request, addr, destination)
+
+    def _start_transfer(self, request: Request, addr: Any, destination: Destination | None) -> None:
         transfer = Transfer(self, request, addr, destination)
-        self.transfers[key] = transfer
+        self.transfers[transfer.key] = transfer
+        host = transfer.key[0]
         self.per_client[host] = self.per_client.get(host, 0) + 1
         self.active += 1
         self._publish_load()
         transfer.start()
+
+    def serve_again(self, lost: Transfer) -> None:
+        """Start the request of ``lost`` anew: its download went to a helper that never
+        took it (and was replaced), so its client has heard nothing and waits still."""
+        if lost.key not in self.transfers:  # unless it asked again and is served already
+            self._start_transfer(lost.request, lost.addr, lost.destination)
 
     def refuse(self, addr: Any, code: int, message: str) -> None:
         """Answer a request at ``addr`` with an ERROR from the listening port."""
@@ -374,8 +384,7 @@ class TFTPServer(DatagramProtocol):
             self._replace_helper(
                 helper,
                 f"took none of {jobs.waiting()} download(s) in"
-                f" {self.helper_watchdog.patience} s (those end unserved: their clients"
-                " ask again)",
+                f" {self.helper_watchdog.patience} s (they start again)",
             )
 
     def _replace_helper(self, helper: DownloadHelper, why: str) -> None:
@@ -393,6 +402,7 @@ class TFTPServer(DatagramProtocol):
             why=why,
             delay=delay,
         )
+        helper.jobs.taken_at_end = helper.jobs.taken()  # it takes no more: stopped or dead
         helper.abandon()
         if helper.jobs.running:
             self.retired_helpers.append(helper)
@@ -447,6 +457,7 @@ class Transfer(EngineSession):
         super().__init__(server.reactor)
         self.server = server
         self.request = request
+        self.addr, self.destination = addr, destination  # as the request came
         self.peer = self.key = _peer_key(addr)
         #: The address this transfer answers from (see :attr:`TFTPServer.interface`).
         self.local_host = server.interface
@@ -463,6 +474,8 @@ class Transfer(EngineSession):
         # report (or, for a process that ended without one, that it did).
         self._report_pipe: ReportPipe | None = None
         self._helper: DownloadHelper | None = None  # the one running this download
+        self._job_index = -1  # its place among the jobs handed to that helper
+        self._never_started = False  # its helper was replaced before taking it
         self._report: DownloadReport | None = None
         self._report_lost = False
         self._start_floor: float | None = None  # the download timer's first floor
@@ -651,6 +664,7 @@ class Transfer(EngineSession):
                 server.helper_gone(helper)
             return False
         self._helper = helper
+        self._job_index = helper.jobs.handed - 1
         server.helper_watchdog.handed_over(helper.jobs)
         self._report_pipe = ReportPipe(self.reactor, pipe, self._process_ended)
         # The client's socket, the file and the time limit are the worker's now. The port
@@ -664,11 +678,15 @@ class Transfer(EngineSession):
 
     def _process_ended(self, report: DownloadReport | None) -> None:
         self._report_pipe = None
-        if self._helper is not None:
-            self.server.download_process_ended(self._helper)
+        helper = self._helper
+        if helper is not None:
+            self._never_started = report is None and helper.jobs.never_taken(self._job_index)
+            self.server.download_process_ended(helper)
         self._report = report
         self._report_lost = report is None
         self.end()
+        if self._never_started:
+            self.server.serve_again(self)
 
     def when_ended(self) -> Deferred[None]:
         """A Deferred that fires once this transfer has ended and been logged."""
@@ -808,7 +826,9 @@ class Transfer(EngineSession):
         result = self._result()
         if result is None:
             stats: dict[str, Any] = {"bytes": 0, "retransmits": 0}
-            if self._report_lost:
+            if self._never_started:
+                outcome, code, message = "aborted", None, "its helper never took it: served again"
+            elif self._report_lost:
                 outcome, code, message = "aborted", None, "its process ended without a report"
             else:
                 outcome = "refused"
