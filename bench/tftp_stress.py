@@ -1,22 +1,26 @@
 #!/usr/bin/env python3
-"""A bounded soak of the TFTP server under messy load: does every download end, and right?
+"""A bounded soak of the TFTP server under messy load: does every transfer end, and right?
 
 Not a speed benchmark: a check for what the timed rows cannot see. The helper hang of the
 thirteenth session (docs/benchmarks.rst) showed only with clients started from a shell, in
 a rhythm the benches did not have. For ``--seconds``, this keeps ``--concurrency`` real
 clients running against one netsvc server (curl, atftp, busybox, tftp-hpa; files of many
-sizes; blksizes 512 to 8192; atftp sometimes with a window), and kills a share of them at
-a random moment (``--kill-share``). ``--upload-share`` of the clients upload instead
-(the server is writable; each upload to a name of its own): every stored file must equal
-what was sent, and no temporary file may be left. ``--stop-helper-every S`` also stops the download
-helper with SIGSTOP every S seconds, to exercise the server's watchdog, which replaces it
-(docs/tftp-server.rst); the clients whose downloads it held must ask again and succeed.
+sizes; blksizes 512 to 8192; atftp sometimes with a window):
 
-It fails (exit status 1) when a client that was not killed failed or got wrong bytes (or
-stored them), when an upload's temporary file is left after the server's stop, when
-a client ran into its own time limit (``--client-timeout``: stuck), or when the server
-still held transfers at the end: after the clients, it waits until the server's log has
-stopped growing, then stops it; every transfer it aborts then was left behind.
+* ``--upload-share`` of them upload (the server is writable; each to a name of its own);
+* ``--netascii-share`` of tftp-hpa's and atftp's transfers use netascii (atftp's only
+  downloads), whose bytes must come back as they are on disk;
+* ``--kill-share`` of them are killed at a random moment in their first 0.3 s;
+* ``--stop-helper-every S`` stops the download helper with SIGSTOP every S seconds: the
+  server's watchdog must replace it (docs/tftp-server.rst), and the downloads it held
+  must still be served.
+
+It fails (exit status 1) when a client that was not killed failed, when a download or a
+stored upload differs from its source, when a client ran into its own time limit
+(``--client-timeout``: stuck), when the server still held transfers at the end (after
+the clients it waits until the server's log has been quiet for longer than its idle
+timeout, then stops it: every transfer the stop aborts was left behind), or when an
+upload's temporary file is left after the stop.
 
 Examples:
   .venv/bin/python bench/tftp_stress.py                       # 60 s, 40 clients at a time
@@ -113,6 +117,16 @@ def start_client(
         download = tb.Download(port, file.name, str(local), blksize, window,
                                args.client_timeout)
         argv = client.argv(download)
+    # netascii, where the client decodes it (curl does not; busybox has no such mode):
+    # the bytes must come back as they are on disk, whatever they are.
+    text = client.name in ("tftp", "atftp") and not (uploading and client.name == "atftp")
+    text = text and rng.random() < args.netascii_share
+    if text:
+        argv = (
+            [a if a != "binary" else "ascii" for a in argv]
+            if client.name == "tftp"
+            else [argv[0], "--mode", "netascii", *argv[1:]]
+        )
     # Its messages to a file: a pipe read only at the end fills up (atftp writes a line
     # per out-of-order block) and stops the client in write(), a hang of our making.
     with open(out / f"{serial}.err", "wb") as messages:
@@ -121,7 +135,12 @@ def start_client(
         )
     now = time.monotonic()
     kill_at = now + rng.uniform(0, KILL_WITHIN) if rng.random() < args.kill_share else None
-    options = ("put " if uploading else "") + f"b{blksize}" + (f"w{window}" if window else "")
+    options = (
+        ("put " if uploading else "")
+        + ("netascii " if text else "")
+        + f"b{blksize}"
+        + (f"w{window}" if window else "")
+    )
     return Running(client.name, options, file, local, stored, out / f"{serial}.err", proc,
                    now, kill_at)
 
@@ -251,6 +270,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=40)
     parser.add_argument("--kill-share", type=float, default=0.15)
     parser.add_argument("--upload-share", type=float, default=0.2)
+    parser.add_argument("--netascii-share", type=float, default=0.1,
+                        help="of tftp-hpa's and atftp's transfers (atftp: downloads)")
     parser.add_argument("--stop-helper-every", type=float, default=0.0, metavar="S")
     parser.add_argument("--client-timeout", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=None)
