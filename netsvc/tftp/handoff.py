@@ -51,7 +51,6 @@ HELPER_PATIENCE = 2.0
 HELPER_RESTART_INTERVAL = 5.0
 
 
-
 def can_hand_off() -> bool:
     """Whether this platform can run downloads in processes of their own."""
     return (
@@ -129,7 +128,7 @@ class DownloadHelper:
     def abandon(self) -> None:
         """Kill the helper process alone and hand it nothing more. Its workers finish
         their downloads, report and exit; the jobs it had not taken are lost with its
-        socket (their report pipes close empty: the server logs them)."""
+        socket (their report pipes close empty: see :meth:`JobProgress.never_taken`)."""
         if self.process.returncode is None:
             with suppress(ProcessLookupError, PermissionError):
                 os.kill(self.process.pid, signal.SIGKILL)
@@ -215,9 +214,9 @@ class HelperWatchdog:
     them meanwhile.
 
     Without it, a helper that stopped taking jobs (a bug, a stopped process) would leave
-    every later download waiting until its time limit, hours by default; replaced, their
-    clients ask again and are served. Costs nothing per download but a comparison: the
-    helper counts the jobs it takes on the shared page.
+    every later download waiting until its time limit, hours by default; the server
+    replaces it and starts the downloads it never took again. Costs nothing per download
+    but a comparison: the helper counts the jobs it takes on the shared page.
     """
 
     def __init__(

@@ -220,6 +220,7 @@ class TFTPServer(DatagramProtocol):
         self.helper_watchdog = HelperWatchdog(reactor, self._helper_stuck)
         self._helper_replaced_at: float | None = None
         self._helper_restart: IDelayedCall | None = None
+        self._stopping = False  # shutdown() was called: start nothing more
         #: Retransmission floors that downloads learned, per client host: later
         #: downloads for that host start from them (:mod:`netsvc.tftp.floors`).
         self.learned_floors = LearnedFloors(reactor.seconds)
@@ -310,7 +311,8 @@ class TFTPServer(DatagramProtocol):
     def serve_again(self, lost: Transfer) -> None:
         """Start the request of ``lost`` anew: its download went to a helper that never
         took it (and was replaced), so its client has heard nothing and waits still."""
-        if lost.key not in self.transfers:  # unless it asked again and is served already
+        # Unless it asked again and is served already, or the server stops.
+        if lost.key not in self.transfers and not self._stopping:
             self._start_transfer(lost.request, lost.addr, lost.destination)
 
     def refuse(self, addr: Any, code: int, message: str) -> None:
@@ -415,6 +417,7 @@ class TFTPServer(DatagramProtocol):
         Downloads in processes of their own are told to stop too: the result fires once
         they have all ended and been logged (they are killed after :data:`STOP_GRACE`).
         """
+        self._stopping = True
         for transfer in list(self.transfers.values()):
             transfer.abort(ErrorCode.NOT_DEFINED, SHUTDOWN_MESSAGE)
         self.helper_watchdog.cancel()
