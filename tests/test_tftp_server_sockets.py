@@ -141,6 +141,97 @@ def test_a_client_that_leaves_before_its_last_ack_ends_the_download_at_once(
     ]
 
 
+def wait_for_events(server: TFTPServer, count: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 5
+    while len(server.events()) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return [e.groupdict() for e in server.events()]
+
+
+def read_whole(client: socket.socket, port: int, request: bytes) -> tuple[bytes, tuple[str, int]]:
+    """Send ``request`` and read the whole download (blocks of 512); its data and TID."""
+    client.sendto(request, (HOST, port))
+    received, block = b"", 0
+    while True:
+        reply, transfer = client.recvfrom(1024)
+        assert reply[:2] == b"\x00\x03", reply
+        (number,) = struct.unpack("!H", reply[2:4])
+        if number == block + 1:
+            block, received = number, received + reply[4:]
+        client.sendto(ack(number), transfer)
+        if number == block and len(reply) < 516:
+            return received, transfer
+
+
+def test_a_request_from_the_port_of_a_finished_upload_is_served(
+    writable: tuple[TFTPServer, Path],
+) -> None:
+    """The uploader exits; a new client gets its port while the finished upload still
+    dallies there (busy hosts reuse ports soon). Its request is no repeat of the upload's
+    WRQ: it gets a transfer of its own."""
+    running, root = writable
+    client = udp_socket()
+    try:
+        transfer = upload_block_1(client, running.port)
+        client.sendto(struct.pack("!HH", 3, 2) + b"end", transfer)
+        assert client.recvfrom(1024) == (ack(2), transfer)
+        assert (root / "up").read_bytes() == bytes(512) + b"end"
+        data, reader = read_whole(client, running.port, b"\x00\x01up\x00octet\x00")
+        assert data == bytes(512) + b"end" and reader != transfer
+    finally:
+        client.close()
+    events = wait_for_events(running, 2)
+    assert [e["outcome"] for e in events] == ["complete", "complete"]
+
+
+@pytest.mark.parametrize("again", ["another-request", "the-same-request-later"])
+def test_a_new_request_from_a_download_clients_port_ends_that_download(
+    server: TFTPServer, again: str
+) -> None:
+    """The client of a download left mid-way and a new one has its port. A different
+    request, or the same one once the first client had been heard from a while ago
+    (REPEAT_WINDOW): no repeat, so the old download ends (sending nothing more to that
+    port) and the new request is served."""
+    client = udp_socket()
+    try:
+        client.sendto(b"\x00\x01f\x00octet\x00", (HOST, server.port))
+        reply, first = client.recvfrom(1024)
+        client.sendto(ack(1), first)  # heard from: block 1 acknowledged
+        reply, _ = client.recvfrom(1024)
+        assert reply[:4] == struct.pack("!HH", 3, 2)
+        if again == "another-request":
+            request = b"\x00\x01f\x00OCTET\x00"  # the same file, other bytes
+        else:
+            time.sleep(server_module.REPEAT_WINDOW + 0.1)
+            request = b"\x00\x01f\x00octet\x00"
+        data, second = read_whole(client, server.port, request)
+        assert second != first and data == DATA
+    finally:
+        client.close()
+    events = wait_for_events(server, 2)
+    assert [(e["outcome"], int(e["bytes"])) for e in events] == [
+        ("peer-gone", 512), ("complete", len(DATA))
+    ]
+
+
+def test_the_same_request_soon_after_is_a_repeat(server: TFTPServer) -> None:
+    client = udp_socket()
+    try:
+        client.sendto(b"\x00\x01f\x00octet\x00", (HOST, server.port))
+        reply, first = client.recvfrom(1024)
+        client.sendto(b"\x00\x01f\x00octet\x00", (HOST, server.port))  # repeated
+        client.sendto(ack(1), first)
+        for block in (2, 3):
+            reply, source = client.recvfrom(1024)
+            assert (reply[:4], source) == (struct.pack("!HH", 3, block), first)
+            client.sendto(ack(block), first)
+    finally:
+        client.close()
+    assert [e["outcome"] for e in wait_for_events(server, 1)] == ["complete"]
+    time.sleep(0.2)
+    assert len(server.events()) == 1  # no second transfer
+
+
 def test_an_upload_repeats_its_ack_when_the_next_block_does_not_come(
     writable: tuple[TFTPServer, Path],
 ) -> None:

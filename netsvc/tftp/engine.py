@@ -104,6 +104,10 @@ def encode_error(code: int, message: str) -> bytes:
     return _pack_header(5, code) + text + b"\0"
 
 
+#: How a transfer whose peer's port closed ends (:meth:`_Engine.peer_unreachable`).
+_UNREACHABLE = "the peer's port is closed (ICMP port unreachable)"
+
+
 class Outcome(enum.Enum):
     """How a transfer ended (``None`` on the engine while it is still running)."""
 
@@ -293,14 +297,17 @@ class _Engine:
             self.stats.error_message = message
             self._finish(Outcome.LOCAL_ERROR, now)
 
-    def peer_unreachable(self, now: float) -> None:
+    def peer_unreachable(
+        self, now: float, why: str = _UNREACHABLE
+    ) -> None:
         """The peer's port is closed: something we sent it came back as ICMP port
         unreachable (``ECONNREFUSED`` on a socket connected to it). The peer has gone, so
         the transfer ends now, with no ERROR (nobody would read it), instead of
         retransmitting until :attr:`give_up_after`. An ICMP error must name both ports of
-        the transfer, as an ERROR from the peer must, and one of those ends it too."""
+        the transfer, as an ERROR from the peer must, and one of those ends it too.
+        (``why``: how it is known, when not from an ICMP error.)"""
         if self.outcome is None:
-            self.stats.error_message = "the peer's port is closed (ICMP port unreachable)"
+            self.stats.error_message = why
             self._finish(Outcome.PEER_GONE, now)
 
     def _peer_error(self, datagram: bytes, now: float) -> None:
@@ -984,12 +991,14 @@ class BlockReceiver(_Engine):
         self._ack_retransmitted = True
         self.stats.retransmits += 1
 
-    def peer_unreachable(self, now: float) -> None:
+    def peer_unreachable(
+        self, now: float, why: str = _UNREACHABLE
+    ) -> None:
         if self._final and not self._writing:
             # Dallying: the sender had our final ACK and left, as it may.
             self._finish(Outcome.COMPLETE, now)
         else:
-            super().peer_unreachable(now)
+            super().peer_unreachable(now, why)
 
     def on_timeout(self, now: float) -> None:
         """The deadline passed: repeat our last ACK (or request), finish dallying, or give up."""

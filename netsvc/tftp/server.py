@@ -96,6 +96,10 @@ SPARE_WORKERS = 32
 SMALL_DOWNLOAD_BLOCKS = 32
 #: Seconds a stopping server waits for downloads in processes of their own to end.
 STOP_GRACE = 5.0
+#: Seconds after a transfer's start within which the same request from the same client
+#: address and port is its repeat even after the client was heard from (a duplicate the
+#: network delayed); later, it is a new client that has the port (Transfer.is_repeat).
+REPEAT_WINDOW = 1.0
 #: The ERROR message to a request the server has no room for (sessions, ports).
 BUSY_MESSAGE = "server busy, try again later"
 #: The ERROR message to a client whose file the backend did not open within the idle
@@ -173,6 +177,11 @@ _UNSPECIFIED = frozenset({"", "0.0.0.0", "::"})
 
 def _peer_key(addr: Any) -> tuple[str, int]:
     return (addr[0], addr[1])
+
+
+def _looks_like_request(datagram: bytes) -> bool:
+    """An RRQ or WRQ by its opcode (the parser judges the rest)."""
+    return len(datagram) >= 4 and datagram[0] == 0 and datagram[1] in (1, 2)
 
 
 class TFTPServer(DatagramProtocol):
@@ -256,12 +265,16 @@ class TFTPServer(DatagramProtocol):
         key = _peer_key(addr)
         transfer = self.transfers.get(key)
         if transfer is not None:
-            # A retransmitted request: its transfer is already answering (an upload's
-            # OACK goes out again only now: BlockReceiver.request_repeated).
-            transfer.request_repeated(datagram)
-            return
+            if not _looks_like_request(datagram) or transfer.is_repeat(datagram):
+                # A retransmitted request: its transfer is already answering (an upload's
+                # OACK goes out again only now: BlockReceiver.request_repeated).
+                transfer.request_repeated(datagram)
+                return
+            # Another request from that address and port: the client of that transfer
+            # has gone, and a new one has its port (a busy host reuses ports soon).
+            transfer.supersede()
         # Only RRQ/WRQ belong here; anything else gets silence (no reflection, no loops).
-        if len(datagram) < 4 or datagram[0] != 0 or datagram[1] not in (1, 2) or addr[1] == 0:
+        if not _looks_like_request(datagram) or addr[1] == 0:
             self.counters["ignored"] += 1
             return
         # A request sent to a broadcast or multicast address: every server that hears it
@@ -297,10 +310,13 @@ class TFTPServer(DatagramProtocol):
             self.counters["busy"] += 1
             self.refuse(addr, ErrorCode.NOT_DEFINED, BUSY_MESSAGE)
             return
-        self._start_transfer(request, addr, destination)
+        self._start_transfer(request, datagram, addr, destination)
 
-    def _start_transfer(self, request: Request, addr: Any, destination: Destination | None) -> None:
+    def _start_transfer(
+        self, request: Request, datagram: bytes, addr: Any, destination: Destination | None
+    ) -> None:
         transfer = Transfer(self, request, addr, destination)
+        transfer.request_datagram = datagram
         self.transfers[transfer.key] = transfer
         host = transfer.key[0]
         self.per_client[host] = self.per_client.get(host, 0) + 1
@@ -313,13 +329,18 @@ class TFTPServer(DatagramProtocol):
         took it (and was replaced), so its client has heard nothing and waits still."""
         # Unless it asked again and is served already, or the server stops.
         if lost.key not in self.transfers and not self._stopping:
-            self._start_transfer(lost.request, lost.addr, lost.destination)
+            self._start_transfer(lost.request, lost.request_datagram, lost.addr, lost.destination)
 
     def refuse(self, addr: Any, code: int, message: str) -> None:
         """Answer a request at ``addr`` with an ERROR from the listening port."""
         self.counters["refused"] += 1
         with suppress(OSError):
             self.transport.write(encode_error(code, message), addr)  # type: ignore[union-attr]
+
+    def forget(self, transfer: Transfer) -> None:
+        """Let a new request from the client address of ``transfer`` start another."""
+        if self.transfers.get(transfer.key) is transfer:
+            del self.transfers[transfer.key]
 
     def release_slot(self, transfer: Transfer) -> None:
         """A transfer stopped counting against the session caps (done, or dallying)."""
@@ -461,6 +482,7 @@ class Transfer(EngineSession):
         self.server = server
         self.request = request
         self.addr, self.destination = addr, destination  # as the request came
+        self.request_datagram = b""  # the request's bytes (set by the server)
         self.peer = self.key = _peer_key(addr)
         #: The address this transfer answers from (see :attr:`TFTPServer.interface`).
         self.local_host = server.interface
@@ -622,6 +644,41 @@ class Transfer(EngineSession):
             give_up_after=limits.idle_timeout,
             first_contact_retries=limits.first_contact_retries,
         )
+
+    def is_repeat(self, datagram: bytes) -> bool:
+        """Whether ``datagram``, a request from this transfer's client address and port,
+        can be its request sent again, not a new client's that has the port now.
+
+        Only the same bytes, and not after the client has been heard from a while ago: a
+        client repeats its request while it hears nothing. (A copy of the request that
+        the network duplicated comes within a round trip, long before
+        :data:`REPEAT_WINDOW`.) A download in a worker cannot tell: the same bytes are
+        taken as a repeat."""
+        if datagram != self.request_datagram or self._logged:  # logged: a done upload
+            return False
+        engine = self.engine
+        if engine is None or engine.stats.blocks == 0:
+            return True
+        age: float = self.reactor.seconds() - self._started
+        return age < REPEAT_WINDOW
+
+    def supersede(self) -> None:
+        """A new request came from this transfer's client address and port: that client
+        is gone, and the port is another's now. End at once, sending nothing (it would
+        reach the new client), as ``peer-gone``. A download in a worker only gives up
+        its place here: it ends by itself (the port's new owner refuses its blocks) and
+        reports as usual."""
+        self.server.forget(self)
+        if self._report_pipe is not None or self.finished:
+            return
+        engine = self.engine
+        if engine is not None:
+            engine.peer_unreachable(
+                self.reactor.seconds(), "its client's address and port sent a new request"
+            )
+        else:
+            self._rejected = (ErrorCode.NOT_DEFINED, "superseded by a new request")
+        self.end()
 
     def request_repeated(self, datagram: bytes) -> None:
         """The client sent a request again from the same address and port."""
