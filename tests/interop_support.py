@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -134,6 +135,21 @@ def _bound_udp_ports(host: str) -> set[int]:
     except OSError:
         pass
     return ports
+
+
+def read_whole(client: socket.socket, port: int, request: bytes) -> tuple[bytes, tuple[str, int]]:
+    """Send ``request`` and read the whole download (blocks of 512); its data and TID."""
+    client.sendto(request, (HOST, port))
+    received, block = b"", 0
+    while True:
+        reply, transfer = client.recvfrom(1024)
+        assert reply[:2] == b"\x00\x03", reply
+        (number,) = struct.unpack("!H", reply[2:4])
+        if number == block + 1:
+            block, received = number, received + reply[4:]
+        client.sendto(struct.pack("!HH", 4, number), transfer)
+        if number == block and len(reply) < 516:
+            return received, transfer
 
 
 def probe(port: int, host: str = HOST, *, timeout: float = 2.0) -> bytes | None:

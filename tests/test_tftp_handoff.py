@@ -42,7 +42,7 @@ from netsvc.tftp.handoff import (
 from netsvc.tftp.packets import ACK, ERROR, OACK, RRQ, ErrorCode, encode_data, parse
 from netsvc.tftp.server import SMALL_DOWNLOAD_BLOCKS
 from netsvc.tftp.server import TFTPServer as Server
-from tests.interop_support import HOST, TFTPServer
+from tests.interop_support import HOST, TFTPServer, read_whole
 
 T = TypeVar("T")
 
@@ -564,21 +564,9 @@ def test_a_small_download_is_served_by_the_server_itself(
     make_server: Callable[..., TFTPServer],
 ) -> None:
     server, helper = start_with_spares(make_server, 0)
-    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = client_socket()
     try:
-        client.bind((HOST, 0))
-        client.settimeout(5)
-        client.sendto(b"\x00\x01small\x00octet\x00", (HOST, server.port))
-        received, block = b"", 0
-        while True:
-            datagram, transfer = client.recvfrom(1024)
-            assert datagram[:2] == b"\x00\x03", datagram
-            (number,) = struct.unpack("!H", datagram[2:4])
-            if number == block + 1:
-                block, received = number, received + datagram[4:]
-            client.sendto(struct.pack("!HH", 4, block), transfer)
-            if number == block and len(datagram) < 516:
-                break
+        received, _ = read_whole(client, server.port, b"\x00\x01small\x00octet\x00")
     finally:
         client.close()
     assert received == DATA

@@ -30,7 +30,7 @@ from netsvc.tftp.engine import Outcome, TransferStats
 from netsvc.tftp.handoff import JobProgress
 from netsvc.tftp.server import tftp_service
 from netsvc.udpport import QuietUDPPort, socket_set_for
-from tests.interop_support import HOST, TFTPServer
+from tests.interop_support import HOST, TFTPServer, read_whole
 
 reactor: Any = global_reactor
 
@@ -146,21 +146,6 @@ def wait_for_events(server: TFTPServer, count: int) -> list[dict[str, Any]]:
     while len(server.events()) < count and time.monotonic() < deadline:
         time.sleep(0.02)
     return [e.groupdict() for e in server.events()]
-
-
-def read_whole(client: socket.socket, port: int, request: bytes) -> tuple[bytes, tuple[str, int]]:
-    """Send ``request`` and read the whole download (blocks of 512); its data and TID."""
-    client.sendto(request, (HOST, port))
-    received, block = b"", 0
-    while True:
-        reply, transfer = client.recvfrom(1024)
-        assert reply[:2] == b"\x00\x03", reply
-        (number,) = struct.unpack("!H", reply[2:4])
-        if number == block + 1:
-            block, received = number, received + reply[4:]
-        client.sendto(ack(number), transfer)
-        if number == block and len(reply) < 516:
-            return received, transfer
 
 
 def test_a_request_from_the_port_of_a_finished_upload_is_served(
