@@ -58,7 +58,7 @@ IDLE_TIMEOUT = 8  # the server's, shortened: a killed client's upload with a win
 # peer-gone for those) waits for it, and so does the drain
 QUIET_LOG = IDLE_TIMEOUT + 1.0  # the server's log unchanged this long: its transfers ended
 LONGEST_DRAIN = 60.0
-EVENT = re.compile(r"tftp read '[^']*' \S+: (?P<outcome>[a-z-]+)")  # a text log's event line
+EVENT = re.compile(r"tftp (?:read|write) '[^']*' \S+: (?P<outcome>[a-z-]+)")  # a text log's line
 
 
 @dataclass

@@ -297,9 +297,7 @@ class _Engine:
             self.stats.error_message = message
             self._finish(Outcome.LOCAL_ERROR, now)
 
-    def peer_unreachable(
-        self, now: float, why: str = _UNREACHABLE
-    ) -> None:
+    def peer_unreachable(self, now: float, why: str = _UNREACHABLE) -> None:
         """The peer's port is closed: something we sent it came back as ICMP port
         unreachable (``ECONNREFUSED`` on a socket connected to it). The peer has gone, so
         the transfer ends now, with no ERROR (nobody would read it), instead of
@@ -991,9 +989,7 @@ class BlockReceiver(_Engine):
         self._ack_retransmitted = True
         self.stats.retransmits += 1
 
-    def peer_unreachable(
-        self, now: float, why: str = _UNREACHABLE
-    ) -> None:
+    def peer_unreachable(self, now: float, why: str = _UNREACHABLE) -> None:
         if self._final and not self._writing:
             # Dallying: the sender had our final ACK and left, as it may.
             self._finish(Outcome.COMPLETE, now)

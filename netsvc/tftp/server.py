@@ -100,6 +100,8 @@ STOP_GRACE = 5.0
 #: address and port is its repeat even after the client was heard from (a duplicate the
 #: network delayed); later, it is a new client that has the port (Transfer.is_repeat).
 REPEAT_WINDOW = 1.0
+#: How a transfer ends whose client address and port sent a new request (peer-gone).
+SUPERSEDED_MESSAGE = "its client's address and port sent a new request"
 #: The ERROR message to a request the server has no room for (sessions, ports).
 BUSY_MESSAGE = "server busy, try again later"
 #: The ERROR message to a client whose file the backend did not open within the idle
@@ -501,6 +503,7 @@ class Transfer(EngineSession):
         self._helper: DownloadHelper | None = None  # the one running this download
         self._job_index = -1  # its place among the jobs handed to that helper
         self._never_started = False  # its helper was replaced before taking it
+        self._superseded = False  # ended for a new request from its client's port
         self._report: DownloadReport | None = None
         self._report_lost = False
         self._start_floor: float | None = None  # the download timer's first floor
@@ -671,13 +674,9 @@ class Transfer(EngineSession):
         self.server.forget(self)
         if self._report_pipe is not None or self.finished:
             return
-        engine = self.engine
-        if engine is not None:
-            engine.peer_unreachable(
-                self.reactor.seconds(), "its client's address and port sent a new request"
-            )
-        else:
-            self._rejected = (ErrorCode.NOT_DEFINED, "superseded by a new request")
+        self._superseded = True
+        if self.engine is not None:
+            self.engine.peer_unreachable(self.reactor.seconds(), SUPERSEDED_MESSAGE)
         self.end()
 
     def request_repeated(self, datagram: bytes) -> None:
@@ -890,6 +889,8 @@ class Transfer(EngineSession):
                 outcome, code, message = "aborted", None, "its helper never took it: served again"
             elif self._report_lost:
                 outcome, code, message = "aborted", None, "its process ended without a report"
+            elif self._superseded:  # before its engine started (the file still opening)
+                outcome, code, message = "peer-gone", None, SUPERSEDED_MESSAGE
             else:
                 outcome = "refused"
                 code, message = self._rejected or (None, "")
